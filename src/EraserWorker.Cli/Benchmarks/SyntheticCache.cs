@@ -1,0 +1,65 @@
+using EraserWorker.Core.Formats.GradientCaches;
+using EraserWorker.Core.Formats.Safetensors;
+using TorchSharp;
+
+namespace EraserWorker.Cli.Benchmarks;
+
+/// <summary>
+/// A LoRA-shaped adapter (pairs of A [8, 1000] and B [1000, 8], plus a head for the remainder) and a gradient
+/// cache of Gaussian rows for it. Only for timing: the numbers carry no meaning.
+/// </summary>
+internal static class SyntheticCache
+{
+    public static void Write(string adapterDir, string cacheDir, int samples, int parameters, string dtype, bool curvature, TextWriter log)
+    {
+        var specs = new List<ParameterSpec>();
+        int remaining = parameters, layer = 0;
+        while (remaining >= 16_000)
+        {
+            specs.Add(new ParameterSpec($"base_model.model.model.layers.{layer}.self_attn.q_proj.lora_A.weight", [8, 1000]));
+            specs.Add(new ParameterSpec($"base_model.model.model.layers.{layer}.self_attn.q_proj.lora_B.weight", [1000, 8]));
+            remaining -= 16_000;
+            layer++;
+        }
+        if (remaining > 0)
+            specs.Add(new ParameterSpec("base_model.model.score.weight", [1, remaining]));
+
+        using var generator = new torch.Generator(1234);
+        System.IO.Directory.CreateDirectory(adapterDir);
+        File.WriteAllText(Path.Combine(adapterDir, "adapter_config.json"),
+            "{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"target_modules\": [\"q_proj\"]}\n");
+        var tensors = specs.Select(spec =>
+        {
+            using var values = torch.randn(spec.Count, generator: generator) * 0.02;
+            var floats = values.data<float>().ToArray();
+            var bytes = new byte[floats.Length * 4];
+            Buffer.BlockCopy(floats, 0, bytes, 0, bytes.Length);
+            return (spec.Name, "F32", spec.Shape, (ReadOnlyMemory<byte>)bytes);
+        }).ToList();
+        using (var file = File.Create(Path.Combine(adapterDir, "adapter_model.safetensors")))
+            SafetensorsWriter.Write(file, tensors, new Dictionary<string, string> { ["format"] = "pt" });
+
+        using var writer = GradientCacheWriter.Create(cacheDir, specs, l2: 0, dtype, curvature, rowsPerShard: 512);
+        const int block = 32;
+        for (int first = 0; first < samples; first += block)
+        {
+            int count = Math.Min(block, samples - first);
+            using var scope = torch.NewDisposeScope();
+            var c = torch.randn(count, parameters, generator: generator);
+            var g = c * torch.randn(count, 1, generator: generator) + 0.1 * torch.randn(count, parameters, generator: generator);
+            var cRows = c.data<float>().ToArray();
+            var gRows = g.data<float>().ToArray();
+            for (int i = 0; i < count; i++)
+            {
+                var gi = gRows.AsSpan(i * parameters, parameters);
+                if (curvature)
+                    writer.Append($"sample-{first + i:D6}", gi, cRows.AsSpan(i * parameters, parameters));
+                else
+                    writer.Append($"sample-{first + i:D6}", gi);
+            }
+            if ((first / block) % 16 == 0)
+                log.WriteLine($"  {first + count:N0} / {samples:N0} rows");
+        }
+        writer.Complete();
+    }
+}

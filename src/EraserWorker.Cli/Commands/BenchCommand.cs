@@ -1,0 +1,62 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using EraserWorker.Cli.Benchmarks;
+using EraserWorker.Cli.Output;
+
+namespace EraserWorker.Cli.Commands;
+
+/// <summary><c>eraser bench engine</c>: throughput figures of the compute core on a synthetic cache.</summary>
+public static class BenchCommand
+{
+    public static Command Create()
+    {
+        var samples = new Option<int>("--samples") { Description = "Rows n of the synthetic cache.", DefaultValueFactory = _ => 2000 };
+        var parameters = new Option<int>("--parameters") { Description = "Parameters P.", DefaultValueFactory = _ => 250_000 };
+        var dtype = new Option<string>("--dtype") { Description = "Storage dtype: F32 | F16 | BF16.", DefaultValueFactory = _ => "F16" };
+        var noCurvature = new Option<bool>("--no-curvature") { Description = "Write gradients only (empirical Fisher)." };
+        var directory = new Option<string>("--dir") { Description = "Work folder (reused when it already holds a matching cache).", DefaultValueFactory = _ => Path.Combine(Path.GetTempPath(), "eraser-bench") };
+        var batches = new Option<string>("--batches") { Description = "Removal batch sizes, comma-separated.", DefaultValueFactory = _ => "1,8,64" };
+        var solvers = new Option<string>("--solvers") { Description = "Solvers to time warm, comma-separated.", DefaultValueFactory = _ => "direct,cg,llmeraser" };
+        var numpy = new Option<string?>("--numpy") { Description = "Path of bench/numpy_unlearn.py to run the numpy + OpenBLAS baseline side by side (default: found in the repository; 'none' to skip)." };
+        var python = new Option<string>("--python") { Description = "Python interpreter for the baseline.", DefaultValueFactory = _ => "/usr/bin/python3" };
+        var json = new Option<bool>("--json") { Description = "Print the figures as JSON." };
+
+        var engine = new Command("engine", "Streaming pass, warm solves per solver and batch size, peak memory, and cold `eraser unlearn` vs numpy.")
+        {
+            samples, parameters, dtype, noCurvature, directory, batches, solvers, numpy, python, json,
+        };
+        engine.SetAction((parse, cancellation) => CliErrors.RunAsync(async () =>
+        {
+            var settings = new EngineBenchmark.Settings(
+                parse.GetValue(samples), parse.GetValue(parameters), parse.GetValue(dtype)!, !parse.GetValue(noCurvature),
+                parse.GetValue(directory)!,
+                parse.GetValue(batches)!.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray(),
+                parse.GetValue(solvers)!.Split(',', StringSplitOptions.RemoveEmptyEntries),
+                ResolveNumpyScript(parse.GetValue(numpy)), parse.GetValue(python)!);
+            var report = await EngineBenchmark.RunAsync(settings, Console.Error, cancellation);
+            if (parse.GetValue(json))
+                Console.Out.WriteLine(JsonSerializer.Serialize(report, CliJson.Options));
+            else
+                EngineBenchmark.Print(report, Console.Out);
+            return 0;
+        }));
+
+        return new Command("bench", "Benchmarks that print figures (see README, Performance).") { engine };
+    }
+
+    private static string? ResolveNumpyScript(string? value)
+    {
+        if (value == "none")
+            return null;
+        if (value is not null)
+            return value;
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            var candidate = Path.Combine(dir.FullName, "bench", "numpy_unlearn.py");
+            if (File.Exists(candidate))
+                return candidate;
+        }
+        return null;
+    }
+}

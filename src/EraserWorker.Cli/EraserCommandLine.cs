@@ -1,0 +1,15 @@
+using System.CommandLine;
+using EraserWorker.Cli.Commands;
+
+namespace EraserWorker.Cli;
+
+public static class EraserCommandLine
+{
+    public static RootCommand Build()
+    {
+        var root = new RootCommand("eraser — remove or correct training samples of a LoRA adapter without retraining.");
+        root.Subcommands.Add(UnlearnCommand.Create());
+        root.Subcommands.Add(BenchCommand.Create());
+        return root;
+    }
+}

@@ -1,0 +1,3 @@
+using EraserWorker.Cli;
+
+return await EraserCommandLine.Build().Parse(args).InvokeAsync();

@@ -1,0 +1,110 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace EraserWorker.Core.Influence;
+
+/// <summary>
+/// One edited system H'x = b (SPEC §1) over the warm curvature rows, without copying them: excluded rows
+/// (removed or replaced) are masked out of every product, replacement rows are held separately.
+/// D_A denotes the stacked active rows followed by the replacement rows. Vectors are float64.
+/// All tensors belong to the caller's dispose scope.
+/// </summary>
+internal sealed class EditedProblem
+{
+    public EditedProblem(CurvatureRows rows, Tensor keep, Tensor? replacementRows, Tensor b, double lambda, double damping)
+    {
+        Rows = rows;
+        Keep = keep;
+        ReplacementRows = replacementRows;
+        B = b;
+        Lambda = lambda;
+        Damping = damping;
+        ActiveIndices = keep.nonzero().flatten();
+    }
+
+    public CurvatureRows Rows { get; }
+
+    /// <summary>1 for active rows, 0 for removed or replaced ones (float64, length n).</summary>
+    public Tensor Keep { get; }
+
+    /// <summary>Indices of the active rows (int64).</summary>
+    public Tensor ActiveIndices { get; }
+
+    /// <summary>c'ᵢ of the replaced samples (m' × P, compute dtype), or null.</summary>
+    public Tensor? ReplacementRows { get; }
+
+    public Tensor B { get; }
+
+    public double Lambda { get; }
+
+    public double Damping { get; }
+
+    public long ActiveCount => ActiveIndices.shape[0];
+
+    public long ReplacementCount => ReplacementRows?.shape[0] ?? 0;
+
+    /// <summary>Rows of D_A: active plus replacement rows.</summary>
+    public long SystemRows => ActiveCount + ReplacementCount;
+
+    public long Parameters => Rows.Parameters;
+
+    /// <summary>D_A v, returned in the full layout: n entries (zeros at excluded rows) then m' entries.</summary>
+    public Tensor Forward(Tensor v)
+    {
+        var vc = v.to(Rows.DType);
+        var active = Rows.Rows.mv(vc).to(ScalarType.Float64) * Keep;
+        return ReplacementRows is null ? active : torch.cat([active, ReplacementRows.mv(vc).to(ScalarType.Float64)]);
+    }
+
+    /// <summary>D_Aᵀ y for y in the full layout of <see cref="Forward"/>.</summary>
+    public Tensor Backward(Tensor y)
+    {
+        long n = Rows.Count;
+        var ya = (y.narrow(0, 0, n) * Keep).to(Rows.DType);
+        var result = Rows.Rows.t().mv(ya).to(ScalarType.Float64);
+        if (ReplacementRows is not null)
+            result += ReplacementRows.t().mv(y.narrow(0, n, ReplacementCount).to(Rows.DType)).to(ScalarType.Float64);
+        return result;
+    }
+
+    /// <summary>H'v = D_Aᵀ D_A v + λv.</summary>
+    public Tensor Hessian(Tensor v) => Backward(Forward(v)) + Lambda * v;
+
+    /// <summary>‖H'x − b‖ / ‖b‖.</summary>
+    public double RelativeResidual(Tensor x)
+    {
+        double bNorm = B.norm().item<double>();
+        var r = Hessian(x) - B;
+        return bNorm == 0 ? r.norm().item<double>() : r.norm().item<double>() / bNorm;
+    }
+
+    /// <summary>The diagonal of H' (Jacobi preconditioner).</summary>
+    public Tensor Diagonal()
+    {
+        var diag = Rows.ColumnSquares().clone();
+        var excluded = (Keep == 0).nonzero().flatten();
+        if (excluded.shape[0] > 0)
+        {
+            var rows = Rows.Rows.index_select(0, excluded).to(ScalarType.Float64);
+            diag -= (rows * rows).sum(0);
+        }
+        if (ReplacementRows is not null)
+        {
+            var rep = ReplacementRows.to(ScalarType.Float64);
+            diag += (rep * rep).sum(0);
+        }
+        return diag.clamp_min(0) + Lambda;
+    }
+
+    /// <summary>Picks rows of D_A (indices into the stacked active + replacement list) as a dense block.</summary>
+    public Tensor SystemRowsAt(Tensor systemIndices)
+    {
+        var isActive = systemIndices < ActiveCount;
+        var activePart = systemIndices.masked_select(isActive);
+        var block = Rows.Rows.index_select(0, ActiveIndices.index_select(0, activePart));
+        if (ReplacementRows is null)
+            return block;
+        var replacementPart = systemIndices.masked_select(isActive.logical_not()) - ActiveCount;
+        return torch.cat([block, ReplacementRows.index_select(0, replacementPart)]);
+    }
+}

@@ -1,0 +1,219 @@
+using System.Diagnostics;
+using EraserWorker.Core.Compute;
+using EraserWorker.Core.Formats.Adapters;
+using EraserWorker.Core.Formats.GradientCaches;
+using EraserWorker.Core.Influence.Solvers;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace EraserWorker.Core.Influence;
+
+/// <summary>
+/// The influence-function update of one base adapter against its gradient cache (SPEC §1), kept warm:
+/// the curvature rows live on the compute device between calls, and the Gram matrix, once built, serves
+/// every later direct solve. Each <see cref="Compute"/> starts from the base θ₀ with the full cumulative
+/// edit set, so the result depends on nothing but (base, cache, edits). Calls are serialised.
+/// </summary>
+public sealed class InfluenceEngine : IDisposable
+{
+    private readonly CurvatureRows _rows;
+    private readonly ComputeOptions _options;
+    private readonly Lock _gate = new();
+    private bool _disposed;
+
+    private InfluenceEngine(double[] theta0, GradientCache cache, CurvatureRows rows, ComputeOptions options, TimeSpan loadTime)
+    {
+        Theta0 = theta0;
+        Cache = cache;
+        _rows = rows;
+        _options = options;
+        LoadTime = loadTime;
+    }
+
+    /// <summary>θ₀: the adapter's values of the cache's parameters, concatenated in the cache's order.</summary>
+    public double[] Theta0 { get; }
+
+    public GradientCache Cache { get; }
+
+    public IReadOnlyList<ParameterSpec> Parameters => Cache.Parameters;
+
+    public TimeSpan LoadTime { get; }
+
+    public string DeviceName => _rows.Device.ToString();
+
+    /// <summary>Bytes of device memory the warm state holds (rows and, once built, the Gram).</summary>
+    public long BytesHeld => _rows.BytesHeld;
+
+    /// <summary>Reads θ₀ from the adapter and streams the cache's curvature rows onto the device.
+    /// The engine takes ownership of <paramref name="cache"/>.</summary>
+    public static InfluenceEngine Load(PeftAdapter adapter, GradientCache cache, ComputeOptions options,
+        IProgress<EngineProgress>? progress = null, CancellationToken cancellation = default)
+    {
+        var watch = Stopwatch.StartNew();
+        var theta0 = adapter.ReadParameters(cache.Parameters);
+        if (!theta0.All(double.IsFinite))
+            throw new InvalidDataException($"The adapter in '{adapter.Directory}' has non-finite values in the cache's parameters.");
+        var device = ComputeDevice.Resolve(options.Device);
+        var rows = CurvatureRows.Load(cache, options, device, progress, cancellation);
+        return new InfluenceEngine(theta0, cache, rows, options, watch.Elapsed);
+    }
+
+    /// <summary>Builds the Gram now (it is otherwise built by the first direct solve that needs it).</summary>
+    public void Warm(IProgress<EngineProgress>? progress = null, CancellationToken cancellation = default)
+    {
+        lock (_gate)
+            _rows.Gram(progress, cancellation);
+    }
+
+    /// <param name="edits">The cumulative edit set, relative to the base.</param>
+    /// <param name="replacementSets">Resolves a replacement-set key of <see cref="EditSet.Replaced"/> to its rows.</param>
+    public UnlearningUpdate Compute(EditSet edits, Func<string, GradientCache>? replacementSets, SolverOptions solver,
+        IProgress<EngineProgress>? progress = null, CancellationToken cancellation = default)
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var watch = Stopwatch.StartNew();
+            using var scope = torch.NewDisposeScope();
+            long p = Cache.ParameterCount;
+            var problem = Assemble(edits, replacementSets, solver);
+            var summary = new EditSummary(edits.Removed.Count, edits.Replaced.Count, (int)problem.ActiveCount, p);
+            if (edits.IsEmpty)
+                return new UnlearningUpdate((double[])Theta0.Clone(),
+                    new SolverReport("none", "no-edits", 0, 0, 0, problem.Damping, problem.Lambda), 0, summary);
+
+            double tolerance = solver.Tolerance ?? (_options.Precision == ComputePrecision.Float64 ? 1e-10 : 1e-6);
+            var context = new SolveContext(solver, tolerance, _options.MemoryBudgetBytes, progress, cancellation);
+            var kind = Choose(solver.Solver, problem);
+            ISolver implementation = kind switch
+            {
+                SolverKind.Direct => new DirectSolver(),
+                SolverKind.Cg => new ConjugateGradientSolver(),
+                _ => new LlmEraserSolver(),
+            };
+            var outcome = implementation.Solve(problem, context);
+            double residual = problem.RelativeResidual(outcome.X);
+            var delta = outcome.X.cpu().data<double>().ToArray();
+            if (!delta.All(double.IsFinite) || !double.IsFinite(residual))
+                throw new UnlearningException(UnlearningException.NumericalFailure,
+                    $"The {SolverOptions.Name(kind)} solver produced non-finite values.");
+            var theta = new double[p];
+            double norm = 0;
+            for (long i = 0; i < p; i++)
+            {
+                theta[i] = Theta0[i] + delta[i];
+                norm += delta[i] * delta[i];
+            }
+            var report = new SolverReport(SolverOptions.Name(kind), outcome.Method, outcome.Iterations,
+                watch.Elapsed.TotalSeconds, residual, problem.Damping, problem.Lambda);
+            return new UnlearningUpdate(theta, report, Math.Sqrt(norm), summary);
+        }
+    }
+
+    private SolverKind Choose(SolverKind requested, EditedProblem problem)
+    {
+        if (requested != SolverKind.Auto)
+            return requested;
+        if (!(problem.Lambda > 0))
+            return SolverKind.Cg;
+        // The warm Gram makes Woodbury cheap; otherwise direct only while its dense matrix fits the budget.
+        bool gramReady = !DirectSolver.UsesParameterSpace(problem) && _rows.HasGram;
+        return gramReady || DirectSolver.DenseBytes(problem) + (long)_rows.Count * _rows.Count * 8 <= _options.MemoryBudgetBytes
+            ? SolverKind.Direct
+            : SolverKind.Cg;
+    }
+
+    private EditedProblem Assemble(EditSet edits, Func<string, GradientCache>? replacementSets, SolverOptions solver)
+    {
+        long n = Cache.RowCount, p = Cache.ParameterCount;
+        var b = new double[p];
+        var keep = new double[n];
+        Array.Fill(keep, 1.0);
+
+        foreach (var id in edits.Removed)
+        {
+            int row = RowOf(id);
+            keep[row] = 0;
+            Accumulate(b, Cache.ReadRowDouble(CacheMatrix.Gradients, row), 1);
+        }
+
+        var replacementRows = new List<double[]>();
+        foreach (var (id, key) in edits.Replaced)
+        {
+            int row = RowOf(id);
+            keep[row] = 0;
+            var set = ResolveReplacements(replacementSets, key);
+            if (!set.TryGetRow(id, out int replacementRow))
+                throw new UnlearningException(UnlearningException.ReplacementMissing,
+                    $"The replacement set '{key}' has no rows for sample '{id}'.");
+            Accumulate(b, Cache.ReadRowDouble(CacheMatrix.Gradients, row), 1);
+            Accumulate(b, set.ReadRowDouble(CacheMatrix.Gradients, replacementRow), -1);
+            replacementRows.Add(set.ReadRowDouble(CacheMatrix.Curvature, replacementRow));
+        }
+
+        var device = _rows.Device;
+        var keepTensor = torch.tensor(keep, device: device);
+        Tensor? replacements = null;
+        if (replacementRows.Count > 0)
+        {
+            var flat = new double[replacementRows.Count * p];
+            for (int i = 0; i < replacementRows.Count; i++)
+                replacementRows[i].CopyTo(flat, i * p);
+            replacements = torch.tensor(flat, [replacementRows.Count, p], device: device).to(_rows.DType);
+        }
+
+        double damping = solver.Damping ?? DefaultDamping(keepTensor, replacements);
+        if (damping < 0 || !double.IsFinite(damping))
+            throw new UnlearningException(UnlearningException.InvalidRequest, $"Damping must be a finite number ≥ 0 (got {damping}).");
+        return new EditedProblem(_rows, keepTensor, replacements, torch.tensor(b, device: device), Cache.L2 + damping, damping);
+    }
+
+    /// <summary>SPEC §1: 0 when l2 &gt; 0, else 0.1 × the mean eigenvalue of the edited data term, Σᵢ‖cᵢ‖²/P.</summary>
+    private double DefaultDamping(Tensor keep, Tensor? replacements)
+    {
+        if (Cache.L2 > 0)
+            return 0;
+        double trace = (_rows.RowSquares * keep).sum().item<double>();
+        if (replacements is not null)
+        {
+            var rep = replacements.to(ScalarType.Float64);
+            trace += (rep * rep).sum().item<double>();
+        }
+        return 0.1 * trace / Cache.ParameterCount;
+    }
+
+    private int RowOf(string sampleId) =>
+        Cache.TryGetRow(sampleId, out int row)
+            ? row
+            : throw new UnlearningException(UnlearningException.UnknownSample, $"Sample '{sampleId}' is not in the gradient cache.");
+
+    private GradientCache ResolveReplacements(Func<string, GradientCache>? resolve, string key)
+    {
+        if (resolve is null)
+            throw new UnlearningException(UnlearningException.ReplacementMissing, $"No replacement set is available for '{key}'.");
+        var set = resolve(key);
+        if (set.ParameterCount != Cache.ParameterCount ||
+            !set.Parameters.Select(q => (q.Name, string.Join(',', q.Shape))).SequenceEqual(Cache.Parameters.Select(q => (q.Name, string.Join(',', q.Shape)))))
+            throw new UnlearningException(UnlearningException.InvalidRequest,
+                $"The replacement set '{key}' lists different parameters than the gradient cache (P = {set.ParameterCount} vs {Cache.ParameterCount}).");
+        return set;
+    }
+
+    private static void Accumulate(double[] target, double[] row, double sign)
+    {
+        for (int i = 0; i < target.Length; i++)
+            target[i] += sign * row[i];
+    }
+
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            if (_disposed)
+                return;
+            _disposed = true;
+            _rows.Dispose();
+            Cache.Dispose();
+        }
+    }
+}
