@@ -70,12 +70,42 @@ internal sealed class EditedProblem
     /// <summary>H'v = D_Aᵀ D_A v + λv.</summary>
     public Tensor Hessian(Tensor v) => Backward(Forward(v)) + Lambda * v;
 
-    /// <summary>‖H'x − b‖ / ‖b‖.</summary>
+    /// <summary>
+    /// H'v with every product in float64, one pass over the rows (each block upcast once and used for both
+    /// D_A v and D_Aᵀ(·)). Residuals use it, so what is reported — and what refinement corrects — is not the
+    /// float32 products' own rounding.
+    /// </summary>
+    public Tensor HessianPrecise(Tensor v)
+    {
+        if (Rows.DType == ScalarType.Float64)
+            return Hessian(v);
+        var result = Lambda * v;
+        long n = Rows.Count, step = Math.Max(1, (8L << 20) / Math.Max(1, Parameters));
+        for (long first = 0; first < n; first += step)
+        {
+            using var scope = torch.NewDisposeScope();
+            long count = Math.Min(step, n - first);
+            var block = Rows.Rows.narrow(0, first, count).to(ScalarType.Float64);
+            var projected = block.mv(v) * Keep.narrow(0, first, count);
+            result.add_(block.t().mv(projected));
+        }
+        if (ReplacementRows is not null)
+        {
+            var rep = ReplacementRows.to(ScalarType.Float64);
+            result.add_(rep.t().mv(rep.mv(v)));
+        }
+        return result;
+    }
+
+    /// <summary>b − H'x in float64.</summary>
+    public Tensor Residual(Tensor x) => B - HessianPrecise(x);
+
+    /// <summary>‖H'x − b‖ / ‖b‖, with float64 products.</summary>
     public double RelativeResidual(Tensor x)
     {
         double bNorm = B.norm().item<double>();
-        var r = Hessian(x) - B;
-        return bNorm == 0 ? r.norm().item<double>() : r.norm().item<double>() / bNorm;
+        double rNorm = Residual(x).norm().item<double>();
+        return bNorm == 0 ? rNorm : rNorm / bNorm;
     }
 
     /// <summary>The diagonal of H' (Jacobi preconditioner).</summary>

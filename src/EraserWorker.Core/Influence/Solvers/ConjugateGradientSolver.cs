@@ -9,20 +9,46 @@ namespace EraserWorker.Core.Influence.Solvers;
 /// </summary>
 internal sealed class ConjugateGradientSolver : ISolver
 {
+    private const int MaxRefinements = 4;
+
+    /// <summary>
+    /// In float32 the product's rounding bounds what plain CG can reach, so CG runs inside an outer loop of
+    /// mixed-precision refinement: each round solves H'd = r for the float64 residual r and adds d.
+    /// </summary>
     public SolveOutcome Solve(EditedProblem problem, SolveContext context)
     {
-        var b = problem.B;
+        var inverseDiagonal = 1.0 / problem.Diagonal().clamp_min(1e-300);
+        double bNorm = problem.B.norm().item<double>();
+        var x = torch.zeros_like(problem.B);
+        int iterations = 0;
+        for (int round = 0; round <= MaxRefinements && iterations < context.Options.MaxIterations; round++)
+        {
+            var residual = round == 0 ? problem.B : problem.Residual(x);
+            double rNorm = residual.norm().item<double>();
+            if (bNorm == 0 || rNorm <= context.Tolerance * bNorm)
+                break;
+            // Each round asks for what float32 products can deliver, relative to its own right-hand side.
+            double innerTolerance = Math.Max(context.Tolerance * bNorm / rNorm, problem.Rows.DType == ScalarType.Float64 ? 0 : 1e-5);
+            var (d, used) = Pcg(problem, residual, inverseDiagonal, innerTolerance, context.Options.MaxIterations - iterations, context);
+            x.add_(d);
+            iterations += used;
+            if (problem.Rows.DType == ScalarType.Float64)
+                break; // the recursion's residual is already the float64 one
+        }
+        return new SolveOutcome(x, iterations, "pcg-jacobi");
+    }
+
+    private static (Tensor X, int Iterations) Pcg(EditedProblem problem, Tensor b, Tensor inverseDiagonal, double tolerance, int maxIterations,
+        SolveContext context)
+    {
         double bNorm = b.norm().item<double>();
         var x = torch.zeros_like(b);
-        if (bNorm == 0)
-            return new SolveOutcome(x, 0, "pcg-jacobi");
-        var inverseDiagonal = 1.0 / problem.Diagonal().clamp_min(1e-300);
         var r = b.clone();
         var z = r * inverseDiagonal;
         var p = z.clone();
         double rz = r.dot(z).item<double>();
         int iteration = 0;
-        while (iteration < context.Options.MaxIterations)
+        while (iteration < maxIterations)
         {
             context.Cancellation.ThrowIfCancellationRequested();
             using var scope = torch.NewDisposeScope();
@@ -39,13 +65,13 @@ internal sealed class ConjugateGradientSolver : ISolver
             if (!double.IsFinite(rNorm))
                 throw new UnlearningException(UnlearningException.NumericalFailure, "Conjugate gradient produced non-finite values.");
             context.Progress?.Report(new EngineProgress("cg", iteration, context.Options.MaxIterations));
-            if (rNorm <= context.Tolerance * bNorm)
+            if (rNorm <= tolerance * bNorm)
                 break;
             var zNext = r * inverseDiagonal;
             double rzNext = r.dot(zNext).item<double>();
             p.mul_(rzNext / rz).add_(zNext);
             rz = rzNext;
         }
-        return new SolveOutcome(x, iteration, "pcg-jacobi");
+        return (x, iteration);
     }
 }

@@ -28,12 +28,13 @@ internal sealed class DirectSolver : ISolver
         bool parameterSpace = UsesParameterSpace(problem);
         Func<Tensor, Tensor> applyInverse = parameterSpace ? ParameterSpace(problem, context) : Woodbury(problem, context);
 
+        // Mixed-precision iterative refinement: float64 residuals, corrections through the same factor.
         var x = applyInverse(problem.B);
+        double bNorm = problem.B.norm().item<double>();
         int refinements = 0;
         for (; refinements < MaxRefinements; refinements++)
         {
-            var residual = problem.B - problem.Hessian(x);
-            double bNorm = problem.B.norm().item<double>();
+            var residual = problem.Residual(x);
             if (bNorm == 0 || residual.norm().item<double>() <= context.Tolerance * bNorm)
                 break;
             x = x + applyInverse(residual);
