@@ -1,4 +1,4 @@
-using System.Diagnostics;
+using System.Runtime.InteropServices;
 using EraserWorker.Core.Compute;
 using EraserWorker.Core.Formats.GradientCaches;
 using TorchSharp;
@@ -58,17 +58,19 @@ internal sealed class CurvatureRows : IDisposable
             bool direct = device.type == DeviceType.CPU && dtype == ScalarType.Float32;
             // Two readers overlap file reads and dtype conversion (both run in GradientCache.ReadRows).
             Parallel.ForEach(chunks, new ParallelOptions { MaxDegreeOfParallelism = 2, CancellationToken = cancellation },
-                () => new float[rowsPerChunk * p],
+                () => direct ? [] : new float[rowsPerChunk * p],
                 (chunk, _, buffer) =>
                 {
-                    var span = buffer.AsSpan(0, (int)(chunk.Count * p));
-                    cache.ReadRows(CacheMatrix.Curvature, chunk.First, chunk.Count, span);
                     if (direct)
                     {
-                        rows.data<float>().CopyFrom(span, 0, chunk.First * p);
+                        // Read straight into the tensor's memory: no staging copy.
+                        using var view = rows.narrow(0, chunk.First, chunk.Count);
+                        cache.ReadRows(CacheMatrix.Curvature, chunk.First, chunk.Count, MemoryMarshal.Cast<byte, float>(view.bytes));
                     }
                     else
                     {
+                        var span = buffer.AsSpan(0, (int)(chunk.Count * p));
+                        cache.ReadRows(CacheMatrix.Curvature, chunk.First, chunk.Count, span);
                         using var scope = torch.NewDisposeScope();
                         var staged = torch.tensor(buffer, [rowsPerChunk, p]).narrow(0, 0, chunk.Count);
                         rows.narrow(0, chunk.First, chunk.Count).copy_(staged.to(dtype, device));

@@ -79,6 +79,17 @@ internal sealed class EditedProblem
     {
         if (Rows.DType == ScalarType.Float64)
             return Hessian(v);
+        if (PreciseProducts.Supports(Rows.Rows))
+        {
+            var dataTerm = PreciseProducts.DataTerm(Rows.Rows, Keep.data<double>().ToArray(), v.cpu().data<double>().ToArray());
+            var precise = torch.tensor(dataTerm, device: v.device) + Lambda * v;
+            if (ReplacementRows is not null)
+            {
+                var rep64 = ReplacementRows.to(ScalarType.Float64);
+                precise.add_(rep64.t().mv(rep64.mv(v)));
+            }
+            return precise;
+        }
         var result = Lambda * v;
         long n = Rows.Count, step = Math.Max(1, (8L << 20) / Math.Max(1, Parameters));
         for (long first = 0; first < n; first += step)

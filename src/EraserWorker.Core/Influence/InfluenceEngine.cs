@@ -92,7 +92,7 @@ public sealed class InfluenceEngine : IDisposable
                 _ => new LlmEraserSolver(),
             };
             var outcome = implementation.Solve(problem, context);
-            double residual = problem.RelativeResidual(outcome.X);
+            double residual = outcome.RelativeResidual ?? problem.RelativeResidual(outcome.X);
             var delta = outcome.X.cpu().data<double>().ToArray();
             if (!delta.All(double.IsFinite) || !double.IsFinite(residual))
                 throw new UnlearningException(UnlearningException.NumericalFailure,

@@ -21,12 +21,15 @@ internal sealed class ConjugateGradientSolver : ISolver
         double bNorm = problem.B.norm().item<double>();
         var x = torch.zeros_like(problem.B);
         int iterations = 0;
+        double? relative = null;
         for (int round = 0; round <= MaxRefinements && iterations < context.Options.MaxIterations; round++)
         {
             var residual = round == 0 ? problem.B : problem.Residual(x);
             double rNorm = residual.norm().item<double>();
+            relative = bNorm == 0 ? rNorm : rNorm / bNorm;
             if (bNorm == 0 || rNorm <= context.Tolerance * bNorm)
                 break;
+            relative = null; // x changes below
             // Each round asks for what float32 products can deliver, relative to its own right-hand side.
             double innerTolerance = Math.Max(context.Tolerance * bNorm / rNorm, problem.Rows.DType == ScalarType.Float64 ? 0 : 1e-5);
             var (d, used) = Pcg(problem, residual, inverseDiagonal, innerTolerance, context.Options.MaxIterations - iterations, context);
@@ -35,7 +38,7 @@ internal sealed class ConjugateGradientSolver : ISolver
             if (problem.Rows.DType == ScalarType.Float64)
                 break; // the recursion's residual is already the float64 one
         }
-        return new SolveOutcome(x, iterations, "pcg-jacobi");
+        return new SolveOutcome(x, iterations, "pcg-jacobi", relative);
     }
 
     private static (Tensor X, int Iterations) Pcg(EditedProblem problem, Tensor b, Tensor inverseDiagonal, double tolerance, int maxIterations,

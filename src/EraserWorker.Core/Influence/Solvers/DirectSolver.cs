@@ -32,14 +32,18 @@ internal sealed class DirectSolver : ISolver
         var x = applyInverse(problem.B);
         double bNorm = problem.B.norm().item<double>();
         int refinements = 0;
-        for (; refinements < MaxRefinements; refinements++)
+        double relative;
+        while (true)
         {
             var residual = problem.Residual(x);
-            if (bNorm == 0 || residual.norm().item<double>() <= context.Tolerance * bNorm)
+            double rNorm = residual.norm().item<double>();
+            relative = bNorm == 0 ? rNorm : rNorm / bNorm;
+            if (relative <= context.Tolerance || refinements == MaxRefinements)
                 break;
             x = x + applyInverse(residual);
+            refinements++;
         }
-        return new SolveOutcome(x, 1 + refinements, parameterSpace ? "parameter-space" : "woodbury");
+        return new SolveOutcome(x, 1 + refinements, parameterSpace ? "parameter-space" : "woodbury", relative);
     }
 
     private static Func<Tensor, Tensor> ParameterSpace(EditedProblem problem, SolveContext context)
