@@ -1,0 +1,4 @@
+using System.Runtime.CompilerServices;
+
+// The Formats tests compare the vectorised conversions with their scalar reference paths.
+[assembly: InternalsVisibleTo("EraserWorker.Core.Tests")]
