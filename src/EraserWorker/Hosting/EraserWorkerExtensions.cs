@@ -1,0 +1,63 @@
+using EraserWorker.Core.Compute;
+using EraserWorker.Demo;
+using EraserWorker.Messaging;
+using EraserWorker.Observability;
+using EraserWorker.Storage;
+using EraserWorker.Unlearning;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Prometheus;
+
+namespace EraserWorker.Hosting;
+
+public static class EraserWorkerExtensions
+{
+    /// <summary>Everything the worker needs: options (validated at start-up), storage, compute, messaging, metrics, health.</summary>
+    public static WebApplicationBuilder AddEraserWorker(this WebApplicationBuilder builder)
+    {
+        var services = builder.Services;
+        var configuration = builder.Configuration;
+
+        services.AddOptions<WorkerOptions>().Bind(configuration.GetSection(WorkerOptions.SectionName)).ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<ComputeOptions>().Bind(configuration.GetSection(ComputeOptions.SectionName)).ValidateDataAnnotations().ValidateOnStart();
+        services.AddOptions<HttpOptions>().Bind(configuration.GetSection(HttpOptions.SectionName)).ValidateDataAnnotations().ValidateOnStart();
+
+        var http = configuration.GetSection(HttpOptions.SectionName).Get<HttpOptions>() ?? new HttpOptions();
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.ListenAnyIP(http.Port));
+
+        services.AddSingleton(TimeProvider.System);
+        services.AddSingleton<EraserMetrics>();
+        services.AddSingleton<IStorageMetrics, StorageMetricsAdapter>();
+        services.AddEraserStorage(configuration);
+        services.AddSingleton<WarmEngines>();
+        services.AddSingleton<AdapterUnlearningService>();
+        services.AddEraserMessaging(configuration, bus => services.AddEraserDemo(configuration, bus));
+        services.AddHealthChecks().AddCheck<StorageHealthCheck>("storage", tags: ["ready"]);
+        return builder;
+    }
+
+    /// <summary><c>/metrics</c>, <c>/health/live</c> (the process answers) and <c>/health/ready</c> (broker and store reachable).</summary>
+    public static WebApplication MapEraserEndpoints(this WebApplication app)
+    {
+        app.MapMetrics("/metrics");
+        app.MapHealthChecks("/health/live", new() { Predicate = _ => false });
+        app.MapHealthChecks("/health/ready", new() { Predicate = check => check.Tags.Contains("ready") });
+        return app;
+    }
+}
+
+internal sealed class StorageMetricsAdapter(EraserMetrics metrics) : IStorageMetrics
+{
+    public void BytesTransferred(string direction, long bytes)
+    {
+        if (direction == "read")
+            metrics.BlobRead(bytes);
+        else
+            metrics.BlobWritten(bytes);
+    }
+}
+
+internal sealed class StorageHealthCheck(IBlobStore store) : IHealthCheck
+{
+    public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
+        await store.IsReachableAsync(cancellationToken) ? HealthCheckResult.Healthy() : HealthCheckResult.Unhealthy("blob store unreachable");
+}

@@ -1,0 +1,59 @@
+using System.ComponentModel.DataAnnotations;
+using EraserWorker.Core.Influence;
+
+namespace EraserWorker.Hosting;
+
+/// <summary><c>Eraser:Transport</c> (SPEC §5).</summary>
+public sealed class TransportOptions
+{
+    public const string SectionName = "Eraser:Transport";
+
+    public TransportKind Kind { get; set; } = TransportKind.InMemory;
+    public string Host { get; set; } = "localhost";
+    [Range(1, 65535)] public int Port { get; set; } = 5672;
+    public string VirtualHost { get; set; } = "/";
+    public string Username { get; set; } = "guest";
+    public string Password { get; set; } = "guest";
+    /// <summary>TLS to the broker (amqps); the server name is <see cref="Host"/>.</summary>
+    public bool UseTls { get; set; }
+}
+
+public enum TransportKind { InMemory, RabbitMq }
+
+/// <summary><c>Eraser:Http</c>: the port of <c>/metrics</c>, <c>/health/live</c> and <c>/health/ready</c>.</summary>
+public sealed class HttpOptions
+{
+    public const string SectionName = "Eraser:Http";
+
+    [Range(0, 65535)] public int Port { get; set; } = 8080;
+}
+
+/// <summary><c>Eraser:Worker</c>: batching, limits and local working state.</summary>
+public sealed class WorkerOptions
+{
+    public const string SectionName = "Eraser:Worker";
+
+    /// <summary>Most requests in one batch (one solve per adapter per batch).</summary>
+    [Range(1, 1000)] public int BatchMessageLimit { get; set; } = 64;
+
+    /// <summary>How long a batch waits to fill before it is processed.</summary>
+    [Range(typeof(TimeSpan), "00:00:00.001", "00:10:00")] public TimeSpan BatchTimeLimit { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>Batches processed at once (different adapters in parallel; one adapter is serialised).</summary>
+    [Range(1, 64)] public int BatchConcurrencyLimit { get; set; } = 2;
+
+    /// <summary>Most sample ids one request may name.</summary>
+    [Range(1, 1_000_000)] public int MaxSampleIdsPerRequest { get; set; } = 10_000;
+
+    /// <summary>Adapters whose base and curvature rows stay in memory (least recently used are evicted).</summary>
+    [Range(1, 1000)] public int MaxWarmAdapters { get; set; } = 4;
+
+    /// <summary>Local folder for downloaded bases, caches, replacement sets and versions being written.</summary>
+    [Required] public string WorkDirectory { get; set; } = Path.Combine(Path.GetTempPath(), "eraser-worker");
+
+    /// <summary>Attempts to publish a version when other replicas keep winning the head.</summary>
+    [Range(1, 1000)] public int MaxHeadAttempts { get; set; } = 50;
+
+    public SolverKind Solver { get; set; } = SolverKind.Auto;
+    public double? Damping { get; set; }
+}

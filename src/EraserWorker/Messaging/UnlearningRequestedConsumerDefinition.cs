@@ -1,0 +1,42 @@
+using EraserWorker.Contracts;
+using EraserWorker.Hosting;
+using MassTransit;
+using Microsoft.Extensions.Options;
+
+namespace EraserWorker.Messaging;
+
+/// <summary>
+/// The queue <c>eraser-unlearning-requested</c>, bound to the fanout exchange <c>eraser.unlearning-requested</c>:
+/// batches grouped by adapter, raw JSON accepted from any AMQP client (MassTransit envelopes from .NET still work),
+/// transient failures (storage, broker) retried with backoff before the message is dead-lettered to <c>_error</c>.
+/// </summary>
+public sealed class UnlearningRequestedConsumerDefinition : ConsumerDefinition<UnlearningRequestedConsumer>
+{
+    public const string QueueName = "eraser-unlearning-requested";
+
+    private readonly WorkerOptions _options;
+
+    public UnlearningRequestedConsumerDefinition(IOptions<WorkerOptions> options)
+    {
+        _options = options.Value;
+        EndpointName = QueueName;
+        ConcurrentMessageLimit = _options.BatchMessageLimit * _options.BatchConcurrencyLimit;
+    }
+
+    protected override void ConfigureConsumer(IReceiveEndpointConfigurator endpoint,
+        IConsumerConfigurator<UnlearningRequestedConsumer> consumer, IRegistrationContext context)
+    {
+        endpoint.UseRawJsonDeserializer(RawSerializerOptions.AnyMessageType | RawSerializerOptions.AddTransportHeaders, isDefault: true);
+        endpoint.UseMessageRetry(r => r.Exponential(8, TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(500)));
+        if (endpoint is IRabbitMqReceiveEndpointConfigurator rabbit)
+        {
+            rabbit.PrefetchCount = ConcurrentMessageLimit ?? _options.BatchMessageLimit;
+            rabbit.Bind(ExchangeNames.UnlearningRequested);
+        }
+        consumer.Options<BatchOptions>(batch => batch
+            .SetMessageLimit(_options.BatchMessageLimit)
+            .SetTimeLimit(_options.BatchTimeLimit)
+            .SetConcurrencyLimit(_options.BatchConcurrencyLimit)
+            .GroupBy<UnlearningRequested, string>(m => m.Message.AdapterId ?? ""));
+    }
+}
