@@ -80,16 +80,13 @@ internal sealed class CurvatureRows : IDisposable
                 },
                 _ => { });
 
-            Tensor rowSquares;
-            using (var scope = torch.NewDisposeScope())
+            var rowSquares = torch.empty(n, dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
+            foreach (var (first, count) in chunks)
             {
-                rowSquares = torch.empty(n, dtype: ScalarType.Float64, device: device);
-                foreach (var (first, count) in chunks)
-                {
-                    var block = rows.narrow(0, first, count);
-                    rowSquares.narrow(0, first, count).copy_((block * block).sum(1, type: ScalarType.Float64));
-                }
-                rowSquares.DetachFromDisposeScope();
+                // One scope per chunk: the squared block is as large as the chunk and must not pile up.
+                using var scope = torch.NewDisposeScope();
+                var block = rows.narrow(0, first, count);
+                rowSquares.narrow(0, first, count).copy_((block * block).sum(1, type: ScalarType.Float64));
             }
             return new CurvatureRows(rows, rowSquares);
         }

@@ -32,7 +32,19 @@ internal static class PreciseProducts
                 int count = Math.Min(blockRows, last - start);
                 using var block = rows.narrow(0, start, count);
                 var values = MemoryMarshal.Cast<byte, float>(block.bytes);
-                for (int i = 0; i < count; i++)
+                // Rows go four at a time: v and the accumulator are swept once per group, not once per row.
+                int i = 0;
+                for (; i + 4 <= count; i += 4)
+                {
+                    var r0 = values.Slice(i * p, p);
+                    var r1 = values.Slice((i + 1) * p, p);
+                    var r2 = values.Slice((i + 2) * p, p);
+                    var r3 = values.Slice((i + 3) * p, p);
+                    var (d0, d1, d2, d3) = Dot4(r0, r1, r2, r3, v);
+                    Axpy4(acc, keep[start + i] * d0, r0, keep[start + i + 1] * d1, r1,
+                        keep[start + i + 2] * d2, r2, keep[start + i + 3] * d3, r3);
+                }
+                for (; i < count; i++)
                 {
                     double k = keep[start + i];
                     if (k == 0)
@@ -51,6 +63,65 @@ internal static class PreciseProducts
                 result[j] += other[j];
         }
         return result;
+    }
+
+    private static (double, double, double, double) Dot4(ReadOnlySpan<float> r0, ReadOnlySpan<float> r1, ReadOnlySpan<float> r2,
+        ReadOnlySpan<float> r3, ReadOnlySpan<double> v)
+    {
+        int width = Vector<float>.Count, half = width / 2, j = 0;
+        Vector<double> s0 = default, s1 = default, s2 = default, s3 = default;
+        for (; j + width <= v.Length; j += width)
+        {
+            var vLow = new Vector<double>(v.Slice(j, half));
+            var vHigh = new Vector<double>(v.Slice(j + half, half));
+            Vector.Widen(new Vector<float>(r0.Slice(j, width)), out var a, out var b);
+            s0 += a * vLow + b * vHigh;
+            Vector.Widen(new Vector<float>(r1.Slice(j, width)), out a, out b);
+            s1 += a * vLow + b * vHigh;
+            Vector.Widen(new Vector<float>(r2.Slice(j, width)), out a, out b);
+            s2 += a * vLow + b * vHigh;
+            Vector.Widen(new Vector<float>(r3.Slice(j, width)), out a, out b);
+            s3 += a * vLow + b * vHigh;
+        }
+        double t0 = Vector.Sum(s0), t1 = Vector.Sum(s1), t2 = Vector.Sum(s2), t3 = Vector.Sum(s3);
+        for (; j < v.Length; j++)
+        {
+            t0 += r0[j] * v[j];
+            t1 += r1[j] * v[j];
+            t2 += r2[j] * v[j];
+            t3 += r3[j] * v[j];
+        }
+        return (t0, t1, t2, t3);
+    }
+
+    private static void Axpy4(Span<double> acc, double k0, ReadOnlySpan<float> r0, double k1, ReadOnlySpan<float> r1,
+        double k2, ReadOnlySpan<float> r2, double k3, ReadOnlySpan<float> r3)
+    {
+        int width = Vector<float>.Count, half = width / 2, j = 0;
+        Vector<double> c0 = new(k0), c1 = new(k1), c2 = new(k2), c3 = new(k3);
+        for (; j + width <= acc.Length; j += width)
+        {
+            var low = acc.Slice(j, half);
+            var high = acc.Slice(j + half, half);
+            var sumLow = new Vector<double>(low);
+            var sumHigh = new Vector<double>(high);
+            Vector.Widen(new Vector<float>(r0.Slice(j, width)), out var a, out var b);
+            sumLow += c0 * a;
+            sumHigh += c0 * b;
+            Vector.Widen(new Vector<float>(r1.Slice(j, width)), out a, out b);
+            sumLow += c1 * a;
+            sumHigh += c1 * b;
+            Vector.Widen(new Vector<float>(r2.Slice(j, width)), out a, out b);
+            sumLow += c2 * a;
+            sumHigh += c2 * b;
+            Vector.Widen(new Vector<float>(r3.Slice(j, width)), out a, out b);
+            sumLow += c3 * a;
+            sumHigh += c3 * b;
+            sumLow.CopyTo(low);
+            sumHigh.CopyTo(high);
+        }
+        for (; j < acc.Length; j++)
+            acc[j] += k0 * r0[j] + k1 * r1[j] + k2 * r2[j] + k3 * r3[j];
     }
 
     private static double Dot(ReadOnlySpan<float> row, ReadOnlySpan<double> v)
