@@ -166,7 +166,7 @@ public sealed class AzureBlobStore : IBlobStore
     {
         BlobNames.ValidatePrefix(prefix);
         await InitializeAsync(cancellationToken).ConfigureAwait(false);
-        await foreach (var item in Container.GetBlobsAsync(prefix: prefix.Length == 0 ? null : prefix, cancellationToken: cancellationToken).ConfigureAwait(false))
+        await foreach (var item in Container.GetBlobsAsync(BlobTraits.None, BlobStates.None, prefix.Length == 0 ? null : prefix, cancellationToken).ConfigureAwait(false))
             yield return item.Name;
     }
 
@@ -200,7 +200,8 @@ public sealed class AzureBlobStore : IBlobStore
     public string UriFor(string name)
     {
         BlobNames.Validate(name, allowTrailingSlash: true);
-        return Container.GetBlobClient(name).Uri.AbsoluteUri;
+        string uri = Container.GetBlobClient(name.TrimEnd('/')).Uri.AbsoluteUri;
+        return name.EndsWith('/') ? uri + "/" : uri;
     }
 
     /// <summary>Read-only pass-through that counts the bytes read.</summary>

@@ -30,7 +30,9 @@ public static class DemoMode
         services.AddOptions<DemoOptions>().Bind(configuration.GetSection(DemoOptions.SectionName));
         if (configuration.GetSection(DemoOptions.SectionName).Get<DemoOptions>()?.Enabled != true)
             return services;
-        bus.AddConsumer<DemoEventObserver>();
+        bus.AddConsumer<DemoCompletionObserver>();
+        bus.AddConsumer<DemoFailureObserver>();
+        bus.AddConsumer<DemoVersionObserver>();
         services.AddHostedService<DemoPublisher>();
         return services;
     }
@@ -129,9 +131,9 @@ internal sealed class DemoPublisher(AdapterStore store, IBus bus, Microsoft.Exte
     }
 }
 
-/// <summary>Logs the worker's events as a subscriber on the SPEC §3 exchanges would see them.</summary>
-internal sealed class DemoEventObserver(ILogger<DemoEventObserver> logger) :
-    IConsumer<UnlearningCompleted>, IConsumer<UnlearningFailed>, IConsumer<AdapterVersionPublished>
+/// <summary>Logs completions as a subscriber of <c>eraser.unlearning-completed</c> would see them. Events are plain
+/// JSON without a type envelope, so each event type gets its own consumer (and queue, bound to its one exchange).</summary>
+internal sealed class DemoCompletionObserver(ILogger<DemoCompletionObserver> logger) : IConsumer<UnlearningCompleted>
 {
     public Task Consume(ConsumeContext<UnlearningCompleted> context)
     {
@@ -140,13 +142,19 @@ internal sealed class DemoEventObserver(ILogger<DemoEventObserver> logger) :
             m.RequestId, m.AdapterId, m.Version, m.Solver.Name, m.Solver.RelativeResidual);
         return Task.CompletedTask;
     }
+}
 
+internal sealed class DemoFailureObserver(ILogger<DemoFailureObserver> logger) : IConsumer<UnlearningFailed>
+{
     public Task Consume(ConsumeContext<UnlearningFailed> context)
     {
         logger.LogWarning("Demo: ✘ {RequestId}: {Code} {Reason}", context.Message.RequestId, context.Message.Code, context.Message.Message);
         return Task.CompletedTask;
     }
+}
 
+internal sealed class DemoVersionObserver(ILogger<DemoVersionObserver> logger) : IConsumer<AdapterVersionPublished>
+{
     public Task Consume(ConsumeContext<AdapterVersionPublished> context)
     {
         logger.LogInformation("Demo: new version {AdapterId} v{Version} at {Uri}", context.Message.AdapterId, context.Message.Version, context.Message.AdapterUri);

@@ -42,7 +42,7 @@ public sealed class UnlearningRequestedConsumer(
         var published = new List<AdapterVersionPublished>();
         foreach (var group in byAdapter)
         {
-            using var scope = logger.BeginScope(new Dictionary<string, object> { ["adapterId"] = group.Key });
+            using var scope = logger.BeginScope("adapter {AdapterId}", group.Key);
             var outcome = await service.ApplyAsync(group.Key, group.ToList(), context.CancellationToken);
             completed.AddRange(outcome.Completed);
             failures.AddRange(outcome.Failed);

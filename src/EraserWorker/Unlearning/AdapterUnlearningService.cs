@@ -1,5 +1,6 @@
 using System.Text.Json;
 using EraserWorker.Contracts;
+using EraserWorker.Core.Formats;
 using EraserWorker.Core.Formats.Adapters;
 using EraserWorker.Core.Formats.GradientCaches;
 using EraserWorker.Core.Influence;
@@ -130,9 +131,10 @@ public sealed class AdapterUnlearningService(
                 Edits = ManifestEdits.From(edits),
                 Solver = solver,
                 UpdateNorm = update.UpdateNorm,
-                Files = Directory.EnumerateFiles(local).ToDictionary(Path.GetFileName, PeftAdapter.Sha256OfFile)!,
+                Files = Directory.EnumerateFiles(local).ToDictionary(f => Path.GetFileName(f),
+                    f => new ManifestFile(FileHash.Sha256OfFile(f), new FileInfo(f).Length)),
             };
-            await File.WriteAllTextAsync(Path.Combine(local, "manifest.json"), JsonSerializer.Serialize(manifest, ContractJson.Options), cancellation);
+            await File.WriteAllTextAsync(Path.Combine(local, AdapterStore.ManifestFileName), JsonSerializer.Serialize(manifest, ManifestJson), cancellation);
             try
             {
                 written = await store.WriteVersionAsync(adapterId, version, local, cancellation);
@@ -187,11 +189,14 @@ public sealed class AdapterUnlearningService(
             var directory = Path.Combine(warm.Directory, "replacements", Guid.NewGuid().ToString("N"));
             try
             {
-                if (!await store.DownloadReplacementsAsync(adapterId: warm.AdapterId, request.ReplacementsUri, directory, cancellation))
-                    return Failure(request, FailureCodes.ReplacementMissing, $"No replacement set at '{request.ReplacementsUri}'.");
+                await store.DownloadReplacementsAsync(warm.AdapterId, request.ReplacementsUri, directory, cancellation);
                 set = GradientCache.Open(directory);
             }
-            catch (Exception e) when (e is InvalidDataException or ArgumentException)
+            catch (ReplacementsNotFoundException)
+            {
+                return Failure(request, FailureCodes.ReplacementMissing, $"No replacement set at '{request.ReplacementsUri}'.");
+            }
+            catch (Exception e) when (e is InvalidDataException or IOException or ArgumentException)
             {
                 return Failure(request, FailureCodes.InvalidRequest, $"Replacement set '{request.ReplacementsUri}' is invalid: {e.Message}");
             }
@@ -212,10 +217,10 @@ public sealed class AdapterUnlearningService(
     private async Task<UnlearningCompleted> ReemitAsync(UnlearningRequested request, int version, CancellationToken cancellation)
     {
         var manifest = await ReadManifestAsync(request.AdapterId, version, cancellation);
-        var completedAt = manifest.CreatedAt;
-        manifest.Files.TryGetValue(AdapterStore.AdapterWeightsFile, out var sha);
-        return new UnlearningCompleted(request.RequestId, request.AdapterId, version, store.VersionUri(request.AdapterId, version),
-            sha ?? "", completedAt, manifest.Solver ?? new SolverSummary("none", 0, 0, 0, 0));
+        var reference = await store.GetVersionAsync(request.AdapterId, version, cancellation)
+            ?? throw new InvalidDataException($"Version {version} of '{request.AdapterId}' is listed in the history but incomplete.");
+        return new UnlearningCompleted(request.RequestId, request.AdapterId, version, reference.Uri, reference.Sha256,
+            manifest.CreatedAt, manifest.Solver ?? new SolverSummary("none", 0, 0, 0, 0));
     }
 
     private async Task<VersionManifest> ReadManifestAsync(string adapterId, int version, CancellationToken cancellation)
@@ -224,6 +229,8 @@ public sealed class AdapterUnlearningService(
             ?? throw new InvalidDataException($"Version {version} of '{adapterId}' has no manifest.");
         return VersionManifest.Parse(adapterId, version, json);
     }
+
+    private static readonly JsonSerializerOptions ManifestJson = new(JsonSerializerDefaults.Web) { WriteIndented = true };
 
     public static UnlearningFailed Failure(UnlearningRequested request, string code, string message) =>
         new(request.RequestId ?? "", request.AdapterId ?? "", code, message);

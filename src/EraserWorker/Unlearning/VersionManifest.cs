@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
 using EraserWorker.Contracts;
 using EraserWorker.Core.Influence;
@@ -12,7 +13,8 @@ namespace EraserWorker.Unlearning;
 /// </summary>
 public sealed record VersionManifest
 {
-    public const string FormatName = "eraser.version/v1";
+    /// <summary>Same format name as the base manifest the store writes at registration.</summary>
+    public const string FormatName = "eraser.manifest/v1";
 
     public string Format { get; init; } = FormatName;
     public required string AdapterId { get; init; }
@@ -32,15 +34,17 @@ public sealed record VersionManifest
     public SolverSummary? Solver { get; init; }
     public double? UpdateNorm { get; init; }
 
-    /// <summary>File name → lowercase hex sha256.</summary>
-    public IReadOnlyDictionary<string, string> Files { get; init; } = new Dictionary<string, string>();
+    /// <summary>File name → digest (the store checks these against the files it uploads).</summary>
+    public IReadOnlyDictionary<string, ManifestFile> Files { get; init; } = new Dictionary<string, ManifestFile>();
 
     [JsonIgnore]
     public EditSet EditSet => EditSet.From(Edits.Removed, Edits.Replaced);
 
-    public static VersionManifest Parse(string adapterId, int version, JsonElement json)
+    private static readonly JsonSerializerOptions Lenient = new(JsonSerializerDefaults.Web);
+
+    public static VersionManifest Parse(string adapterId, int version, JsonObject json)
     {
-        var manifest = json.Deserialize<VersionManifest>(ContractJson.Options)
+        var manifest = json.Deserialize<VersionManifest>(Lenient)
             ?? throw new InvalidDataException($"The manifest of {adapterId} version {version} is empty.");
         return manifest with { AdapterId = adapterId, Version = version };
     }
@@ -57,5 +61,7 @@ public sealed record ManifestEdits
         Replaced = edits.Replaced.ToDictionary(p => p.Key, p => p.Value, StringComparer.Ordinal),
     };
 }
+
+public sealed record ManifestFile(string Sha256, long? Length = null);
 
 public sealed record AppliedRequest(string RequestId, string Task, IReadOnlyList<string> SampleIds, string? ReplacementsUri, DateTimeOffset? RequestedAt);
