@@ -32,6 +32,10 @@ public static class MessagingExtensions
                             h.UseSsl(s => s.ServerName = o.Host);
                     });
                     ConfigureTopology(cfg);
+                    // SPEC §3: the outgoing exchanges exist from start-up, before the first event, so that
+                    // subscribers in any language can bind their queues to them.
+                    cfg.DeployPublishTopology = true;
+                    cfg.AddPublishMessageTypes([typeof(UnlearningCompleted), typeof(UnlearningFailed), typeof(AdapterVersionPublished)]);
                     cfg.ConfigureEndpoints(context);
                 });
             else
@@ -41,7 +45,6 @@ public static class MessagingExtensions
                     cfg.ConfigureEndpoints(context);
                 });
         });
-        services.AddHostedService<ExchangeDeclaration>();
         return services;
     }
 
@@ -61,17 +64,3 @@ public static class MessagingExtensions
     }
 }
 
-/// <summary>Declares the outgoing exchanges at start-up (SPEC §3), so consumers can bind before the first event.</summary>
-internal sealed class ExchangeDeclaration(IBus bus, ILogger<ExchangeDeclaration> logger) : IHostedService
-{
-    public async Task StartAsync(CancellationToken cancellationToken)
-    {
-        await bus.GetPublishSendEndpoint<UnlearningCompleted>();
-        await bus.GetPublishSendEndpoint<UnlearningFailed>();
-        await bus.GetPublishSendEndpoint<AdapterVersionPublished>();
-        logger.LogInformation("Declared exchanges {Completed}, {Failed}, {Published}",
-            ExchangeNames.UnlearningCompleted, ExchangeNames.UnlearningFailed, ExchangeNames.AdapterVersionPublished);
-    }
-
-    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
-}

@@ -1,0 +1,3 @@
+using EraserWorker.Benchmarks;
+
+return await WorkerBenchmark.RunAsync(args);
