@@ -49,6 +49,7 @@ internal sealed class CurvatureRows : IDisposable
         // Bound the staging buffer to ~128 MB per reader whatever the chunk option says.
         int rowsPerChunk = (int)Math.Max(1, Math.Min(options.RowsPerChunk, (32L << 20) / Math.Max(1, p)));
         var rows = torch.empty(n, p, dtype: dtype, device: device).DetachFromDisposeScope();
+        Tensor? rowSquares = null;
         try
         {
             var chunks = new List<(int First, int Count)>();
@@ -80,7 +81,7 @@ internal sealed class CurvatureRows : IDisposable
                 },
                 _ => { });
 
-            var rowSquares = torch.empty(n, dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
+            rowSquares = torch.empty(n, dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
             foreach (var (first, count) in chunks)
             {
                 // One scope per chunk: the squared block is as large as the chunk and must not pile up.
@@ -93,6 +94,7 @@ internal sealed class CurvatureRows : IDisposable
         catch
         {
             rows.Dispose();
+            rowSquares?.Dispose();
             throw;
         }
     }

@@ -49,9 +49,9 @@ internal sealed class StorageMetricsAdapter(EraserMetrics metrics) : IStorageMet
 {
     public void BytesTransferred(string direction, long bytes)
     {
-        if (direction == "read")
+        if (direction == StorageDirections.Download)
             metrics.BlobRead(bytes);
-        else
+        else if (direction == StorageDirections.Upload)
             metrics.BlobWritten(bytes);
     }
 }

@@ -25,6 +25,7 @@ public sealed class UnlearningRequestedConsumer(
         metrics.ObserveBatch(context.Message.Length);
 
         var valid = new List<(UnlearningRequested Request, DateTimeOffset? SentAt)>();
+        // Requests are validated alone; a bad one never fails its batch-mates.
         var failures = new List<UnlearningFailed>();
         foreach (var item in context.Message)
         {
@@ -34,7 +35,7 @@ public sealed class UnlearningRequestedConsumer(
             if (problems.Count > 0)
                 failures.Add(AdapterUnlearningService.Failure(request, FailureCodes.InvalidRequest, string.Join(" ", problems)));
             else
-                valid.Add((request, item.SentTime is { } sent ? new DateTimeOffset(sent, TimeSpan.Zero) : null));
+                valid.Add((request, PublishedAt(item)));
         }
 
         var byAdapter = valid.GroupBy(v => v.Request.AdapterId, StringComparer.Ordinal);
@@ -50,7 +51,8 @@ public sealed class UnlearningRequestedConsumer(
                 published.Add(outcome.Published);
         }
 
-        var sentAt = valid.ToDictionary(v => v.Request.RequestId, v => v.SentAt, StringComparer.Ordinal);
+        // A request delivered twice in one batch (at-least-once delivery) appears twice in `valid`.
+        var sentAt = valid.DistinctBy(v => v.Request.RequestId, StringComparer.Ordinal).ToDictionary(v => v.Request.RequestId, v => v.SentAt, StringComparer.Ordinal);
         foreach (var failure in failures)
         {
             var task = context.Message.FirstOrDefault(m => m.Message.RequestId == failure.RequestId)?.Message.Task;
@@ -71,4 +73,12 @@ public sealed class UnlearningRequestedConsumer(
         if (completed.Count > 0)
             metrics.MarkBatchCompleted(now);
     }
+
+    /// <summary>When the request was published: the publisher's sent time (MassTransit envelope, or the AMQP
+    /// timestamp property), else when this worker received it — so latency is never undercounted silently
+    /// for a client that sets neither, only measured from arrival.</summary>
+    private DateTimeOffset PublishedAt(ConsumeContext<UnlearningRequested> item) =>
+        item.SentTime is { } sent
+            ? new DateTimeOffset(DateTime.SpecifyKind(sent, DateTimeKind.Utc))
+            : clock.GetUtcNow() - item.ReceiveContext.ElapsedTime;
 }
