@@ -187,6 +187,8 @@ public static class WorkerBenchmark
         env["Eraser__Worker__BatchTimeLimit"] = batching ? "00:00:00.200" : "00:00:00.001";
         // Every adapter stays warm: with fewer slots than adapters each batch would reload one (measured: 3× slower).
         env["Eraser__Worker__MaxWarmAdapters"] = Math.Max(4, warmAdapters).ToString();
+        // One batch at a time, so that "share of time in the solve" is a share of one worker's time.
+        env["Eraser__Worker__BatchConcurrencyLimit"] = "1";
         env["Logging__LogLevel__Default"] = "Warning";
         var process = Process.Start(start)!;
         process.OutputDataReceived += (_, e) => { if (e.Data is not null) Console.Error.WriteLine("   worker: " + e.Data); };

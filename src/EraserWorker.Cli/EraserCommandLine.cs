@@ -10,6 +10,7 @@ public static class EraserCommandLine
         var root = new RootCommand("eraser — remove or correct training samples of a LoRA adapter without retraining.");
         root.Subcommands.Add(UnlearnCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
+        OperatorCommands.AddTo(root);
         return root;
     }
 }

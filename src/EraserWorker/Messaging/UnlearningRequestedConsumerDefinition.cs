@@ -7,7 +7,7 @@ namespace EraserWorker.Messaging;
 
 /// <summary>
 /// The queue <c>eraser-unlearning-requested</c>, bound to the fanout exchange <c>eraser.unlearning-requested</c>:
-/// batches grouped by adapter, raw JSON accepted from any AMQP client (MassTransit envelopes from .NET still work),
+/// batches (grouped by adapter by the consumer), raw JSON accepted from any AMQP client (MassTransit envelopes from .NET still work),
 /// transient failures (storage, broker) retried with backoff before the message is dead-lettered to <c>_error</c>.
 /// </summary>
 public sealed class UnlearningRequestedConsumerDefinition : ConsumerDefinition<UnlearningRequestedConsumer>
@@ -36,7 +36,9 @@ public sealed class UnlearningRequestedConsumerDefinition : ConsumerDefinition<U
         consumer.Options<BatchOptions>(batch => batch
             .SetMessageLimit(_options.BatchMessageLimit)
             .SetTimeLimit(_options.BatchTimeLimit)
-            .SetConcurrencyLimit(_options.BatchConcurrencyLimit)
-            .GroupBy<UnlearningRequested, string>(m => m.Message.AdapterId ?? ""));
+            .SetConcurrencyLimit(_options.BatchConcurrencyLimit));
+        // No GroupBy here: the consumer groups a batch by adapter itself (one solve per adapter per batch).
+        // MassTransit's GroupBy splits the prefetch window across adapters and, measured with 10 adapters,
+        // produced batches of ~1.4 requests (349 versions for 500 requests) against ~6 without it.
     }
 }

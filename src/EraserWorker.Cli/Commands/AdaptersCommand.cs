@@ -1,0 +1,369 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using EraserWorker.Cli.Operator;
+using EraserWorker.Cli.Output;
+using EraserWorker.Contracts;
+using EraserWorker.Core.Formats;
+using EraserWorker.Core.Formats.GradientCaches;
+using EraserWorker.Storage;
+
+namespace EraserWorker.Cli.Commands;
+
+/// <summary><c>eraser adapters register | show | download</c> (SPEC §6) against the configured adapter store.</summary>
+public static class AdaptersCommand
+{
+    public static Command Create()
+    {
+        var config = OperatorSettings.CreateConfigOption();
+        var command = new Command("adapters", "Register, inspect and download adapters in the adapter store (Eraser:Storage, as configured for the worker).")
+        {
+            config,
+        };
+        command.Subcommands.Add(Register(config));
+        command.Subcommands.Add(Show(config));
+        command.Subcommands.Add(Download(config));
+        return command;
+    }
+
+    internal static Option<string> IdOption() => new("--id")
+    {
+        Description = "Adapter id: '/'-separated segments of [a-z0-9._-] (e.g. tenant-a/support-bot).",
+        Required = true,
+    };
+
+    internal static void CheckAdapterId(string id)
+    {
+        if (!RequestValidation.IsValidAdapterId(id))
+            throw new CliFailure($"invalid adapter id '{id}': expected 1–{RequestValidation.MaxAdapterIdLength} characters of [a-z0-9._-] in '/'-separated segments, none empty, '.' or '..'.");
+        if (!AdapterStore.IsStorableAdapterId(id))
+            throw new CliFailure($"invalid adapter id '{id}': it uses a reserved segment name ({string.Join(", ", AdapterStore.ReservedSegments)}) after its first segment.");
+    }
+
+    // -------------------------------------------------------------------------------------------- register
+
+    private static Command Register(Option<string?> config)
+    {
+        var id = IdOption();
+        var adapter = new Option<string>("--adapter") { Description = "PEFT adapter folder (adapter_config.json + adapter_model.safetensors).", Required = true };
+        var cache = new Option<string>("--cache") { Description = "The adapter's gradient cache folder (eraser.gradcache/v1).", Required = true };
+        var json = new Option<bool>("--json") { Description = "Print the result as one JSON object." };
+        var command = new Command("register", "Validate an adapter and its gradient cache, then store them as version 0 of a new adapter.")
+        {
+            id, adapter, cache, json,
+        };
+        command.SetAction((parse, cancellation) => OperatorRun.RunAsync(parse, cancellation, async io =>
+        {
+            string adapterId = parse.GetValue(id)!;
+            string adapterDir = parse.GetValue(adapter)!;
+            string cacheDir = parse.GetValue(cache)!;
+            CheckAdapterId(adapterId);
+            using var handle = OperatorSettings.OpenStore(OperatorSettings.Load(parse.GetValue(config)));
+            var store = handle.Store;
+            io.Status($"Store: {handle.Location}");
+            if (await store.IsRegisteredAsync(adapterId, cancellation))
+                throw new AdapterAlreadyRegisteredException(adapterId);
+
+            io.Status($"Validating adapter '{adapterDir}' against gradient cache '{cacheDir}'");
+            var summary = LocalInputs.ValidateRegistration(adapterDir, cacheDir, io, cancellation);
+            io.Status($"Valid: {summary.Samples:N0} samples, P = {summary.Parameters:N0} in {summary.Tensors} tensor(s), {summary.DType}{(summary.Curvature ? " with curvature rows" : "")}, l2 = {summary.L2:G6}");
+
+            using var staging = new LocalInputs.Staging();
+            var (stagedAdapter, ignoredAdapter) = staging.Adapter(adapterDir);
+            var (stagedCache, ignoredCache) = staging.Cache("cache", cacheDir, GradientCacheManifest.Load(Path.Combine(cacheDir, GradientCacheManifest.FileName)));
+            LocalInputs.ReportIgnored(io, "adapter", ignoredAdapter);
+            LocalInputs.ReportIgnored(io, "cache", ignoredCache);
+            io.Status($"Uploading the gradient cache and version 0 of '{adapterId}'");
+            var version = await store.RegisterAsync(adapterId, stagedAdapter, stagedCache, cancellation);
+
+            if (parse.GetValue(json))
+            {
+                io.Out.WriteLine(OperatorJson.Line(new JsonObject
+                {
+                    ["adapterId"] = adapterId,
+                    ["version"] = version.Version,
+                    ["uri"] = version.Uri,
+                    ["sha256"] = version.Sha256,
+                    ["samples"] = summary.Samples,
+                    ["parameters"] = summary.Parameters,
+                }));
+            }
+            else
+            {
+                io.Out.WriteLine($"Registered {adapterId} version {version.Version}");
+                io.Out.WriteLine($"  uri     {version.Uri}");
+                io.Out.WriteLine($"  sha256  {version.Sha256}");
+            }
+            return 0;
+        }));
+        return command;
+    }
+
+    // -------------------------------------------------------------------------------------------- show
+
+    private static Command Show(Option<string?> config)
+    {
+        var id = IdOption();
+        var json = new Option<bool>("--json") { Description = "Print one JSON object." };
+        var command = new Command("show", "Show an adapter's head version, its versions and the head manifest's summary.") { id, json };
+        command.SetAction((parse, cancellation) => OperatorRun.RunAsync(parse, cancellation, async io =>
+        {
+            string adapterId = parse.GetValue(id)!;
+            CheckAdapterId(adapterId);
+            using var handle = OperatorSettings.OpenStore(OperatorSettings.Load(parse.GetValue(config)), mustExist: true);
+            var info = await AdapterInfo.ReadAsync(handle.Store, adapterId, cancellation);
+            if (parse.GetValue(json))
+                io.Out.WriteLine(OperatorJson.Line(info.ToJson()));
+            else
+                info.Print(io.Out);
+            return 0;
+        }));
+        return command;
+    }
+
+    // -------------------------------------------------------------------------------------------- download
+
+    private static Command Download(Option<string?> config)
+    {
+        var id = IdOption();
+        var version = new Option<int?>("--version") { Description = "Version to download (default: the head)." };
+        var output = new Option<string>("--out") { Description = "Folder for the files (must not exist or be empty).", Required = true };
+        var json = new Option<bool>("--json") { Description = "Print the result as one JSON object." };
+        var command = new Command("download", "Download a version of an adapter (default the head) and verify each file's SHA-256 against its manifest.")
+        {
+            id, version, output, json,
+        };
+        command.SetAction((parse, cancellation) => OperatorRun.RunAsync(parse, cancellation, async io =>
+        {
+            string adapterId = parse.GetValue(id)!;
+            string outDir = parse.GetValue(output)!;
+            int? wanted = parse.GetValue(version);
+            CheckAdapterId(adapterId);
+            if (wanted is < 0 or > AdapterStore.MaxVersion)
+                throw new CliFailure($"--version must be between 0 and {AdapterStore.MaxVersion} (got {wanted}).");
+            string target = Path.GetFullPath(outDir.TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
+            CheckEmptyTarget(target, outDir);
+
+            using var handle = OperatorSettings.OpenStore(OperatorSettings.Load(parse.GetValue(config)), mustExist: true);
+            var store = handle.Store;
+            int number = wanted ?? (await store.GetHeadAsync(adapterId, cancellation) ?? throw new AdapterNotFoundException(adapterId)).Version;
+            if (wanted is not null && !await store.IsRegisteredAsync(adapterId, cancellation))
+                throw new AdapterNotFoundException(adapterId);
+            io.Status($"Downloading {adapterId} version {number} from {handle.Location}");
+
+            string parent = Path.GetDirectoryName(target) ?? throw new CliFailure($"'{outDir}' has no parent folder.");
+            Directory.CreateDirectory(parent);
+            string temporary = Path.Combine(parent, $".{Path.GetFileName(target)}.tmp-{Guid.NewGuid():N}");
+            AdapterVersionRef downloaded;
+            List<string> files;
+            int verified;
+            try
+            {
+                downloaded = await store.DownloadVersionAsync(adapterId, number, temporary, cancellation);
+                (files, verified) = VerifyAgainstManifest(temporary, adapterId, number);
+                CheckEmptyTarget(target, outDir);
+                if (Directory.Exists(target))
+                    Directory.Delete(target);
+                Directory.Move(temporary, target);
+            }
+            finally
+            {
+                if (Directory.Exists(temporary))
+                    Directory.Delete(temporary, recursive: true);
+            }
+            io.Status($"Verified the SHA-256 of {verified} file(s) against manifest.json");
+
+            if (parse.GetValue(json))
+            {
+                io.Out.WriteLine(OperatorJson.Line(new JsonObject
+                {
+                    ["adapterId"] = adapterId,
+                    ["version"] = number,
+                    ["path"] = target,
+                    ["uri"] = downloaded.Uri,
+                    ["sha256"] = downloaded.Sha256,
+                    ["files"] = new JsonArray(files.Select(f => (JsonNode)f).ToArray()),
+                }));
+            }
+            else
+            {
+                io.Out.WriteLine($"Downloaded {adapterId} version {number} to {target}");
+                io.Out.WriteLine($"  sha256  {downloaded.Sha256}");
+                io.Out.WriteLine($"  files   {string.Join(", ", files)}");
+            }
+            return 0;
+        }));
+        return command;
+    }
+
+    private static void CheckEmptyTarget(string target, string shown)
+    {
+        if (File.Exists(target))
+            throw new CliFailure($"'{shown}' is a file; --out must be a folder that does not exist or is empty.");
+        if (Directory.Exists(target) && Directory.EnumerateFileSystemEntries(target).Any())
+            throw new CliFailure($"the output folder '{shown}' exists and is not empty.");
+    }
+
+    /// <summary>Re-hashes the downloaded files from disk against the manifest's <c>files</c> entries (the store
+    /// already compared while downloading; this proves what is on disk). The model must be listed.</summary>
+    private static (List<string> Files, int Verified) VerifyAgainstManifest(string dir, string adapterId, int version)
+    {
+        var files = Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories)
+            .Select(f => Path.GetRelativePath(dir, f).Replace(Path.DirectorySeparatorChar, '/'))
+            .Order(StringComparer.Ordinal).ToList();
+        string manifestPath = Path.Combine(dir, AdapterStore.ManifestFileName);
+        if (!File.Exists(manifestPath))
+            throw new InvalidDataException($"Version {version} of adapter '{adapterId}' has no {AdapterStore.ManifestFileName}.");
+        var listed = JsonNode.Parse(File.ReadAllBytes(manifestPath))?["files"] as JsonObject
+            ?? throw new InvalidDataException($"The manifest of version {version} of adapter '{adapterId}' lists no file digests, so the download cannot be verified.");
+        if (!listed.ContainsKey(AdapterStore.AdapterModelFileName))
+            throw new InvalidDataException($"The manifest of version {version} of adapter '{adapterId}' has no digest for {AdapterStore.AdapterModelFileName}.");
+        int verified = 0;
+        foreach (var (name, entry) in listed)
+        {
+            string? expected = entry switch
+            {
+                JsonObject o => (string?)o["sha256"],
+                JsonValue v when v.TryGetValue(out string? s) => s,
+                _ => null,
+            };
+            if (expected is null || name == AdapterStore.ManifestFileName)
+                continue;
+            string path = Path.Combine(dir, name);
+            if (!File.Exists(path))
+                throw new InvalidDataException($"Version {version} of adapter '{adapterId}' lacks {name}, which its manifest lists.");
+            string actual = FileHash.Sha256OfFile(path);
+            if (!string.Equals(actual, expected, StringComparison.OrdinalIgnoreCase))
+                throw new InvalidDataException($"{name} of version {version} of adapter '{adapterId}' has SHA-256 {actual}, but its manifest says {expected}.");
+            verified++;
+        }
+        return (files, verified);
+    }
+}
+
+/// <summary>What <c>adapters show</c> reports: the head, the versions, and the head manifest's summary.</summary>
+internal sealed record AdapterInfo(
+    AdapterHead Head, AdapterVersionRef Version, IReadOnlyList<int> Versions, JsonObject Manifest, GradientCacheManifest? Cache)
+{
+    public static async Task<AdapterInfo> ReadAsync(AdapterStore store, string adapterId, CancellationToken cancellation)
+    {
+        var head = await store.GetHeadAsync(adapterId, cancellation) ?? throw new AdapterNotFoundException(adapterId);
+        var manifest = await store.ReadManifestAsync(adapterId, head.Version, cancellation)
+            ?? throw new InvalidDataException($"The head of adapter '{adapterId}' names version {head.Version}, which has no manifest.");
+        var version = await store.GetVersionAsync(adapterId, head.Version, cancellation)
+            ?? throw new InvalidDataException($"Version {head.Version} of adapter '{adapterId}' disappeared.");
+        var versions = await store.ListVersionsAsync(adapterId, cancellation);
+        var cache = await ReadCacheManifestAsync(store, adapterId, cancellation);
+        return new AdapterInfo(head, version, versions, manifest, cache);
+    }
+
+    /// <summary>The registered cache's <c>cache.json</c> (only that blob), or null when it is missing.</summary>
+    public static async Task<GradientCacheManifest?> ReadCacheManifestAsync(AdapterStore store, string adapterId, CancellationToken cancellation)
+    {
+        using var buffer = new MemoryStream();
+        if (await store.Blobs.DownloadAsync(AdapterStore.CachePrefix(adapterId) + AdapterStore.CacheIndexFileName, buffer, cancellation) is null)
+            return null;
+        return GradientCacheManifest.Parse(buffer.ToArray());
+    }
+
+    private int? ParentVersion => Manifest["parentVersion"] is JsonValue v && v.TryGetValue(out int p) ? p : null;
+
+    private DateTimeOffset? CreatedAt => Manifest["createdAt"] is JsonValue v && v.TryGetValue(out DateTimeOffset t) ? t : null;
+
+    /// <summary>Requests applied up to the head: the worker's cumulative <c>requestHistory</c>, else the
+    /// version's own list (<c>requests</c> or the base manifest's <c>requestIds</c>).</summary>
+    private int AppliedRequests => Manifest["requestHistory"] is JsonObject history ? history.Count : RequestsInVersion;
+
+    private int RequestsInVersion => (Manifest["requests"] ?? Manifest["requestIds"]) is JsonArray a ? a.Count : 0;
+
+    private int Removed => Manifest["edits"]?["removed"] is JsonArray a ? a.Count : 0;
+
+    private int Replaced => Manifest["edits"]?["replaced"] switch
+    {
+        JsonObject o => o.Count,
+        JsonArray a => a.Count,
+        _ => 0,
+    };
+
+    private JsonObject? Solver => Manifest["solver"] as JsonObject;
+
+    private string? Kind => Manifest["kind"] is JsonValue v && v.TryGetValue(out string? k) ? k : null;
+
+    public JsonObject ToJson() => new()
+    {
+        ["adapterId"] = Head.AdapterId,
+        ["version"] = Head.Version,
+        ["updatedAt"] = Head.UpdatedAt,
+        ["uri"] = Version.Uri,
+        ["sha256"] = Version.Sha256,
+        ["versions"] = new JsonArray(Versions.Select(v => (JsonNode)v).ToArray()),
+        ["manifest"] = new JsonObject
+        {
+            ["kind"] = Kind,
+            ["parentVersion"] = ParentVersion,
+            ["createdAt"] = CreatedAt,
+            ["appliedRequests"] = AppliedRequests,
+            ["requestsInVersion"] = RequestsInVersion,
+            ["removed"] = Removed,
+            ["replaced"] = Replaced,
+            ["solver"] = Solver?.DeepClone(),
+            ["updateNorm"] = Manifest["updateNorm"]?.DeepClone(),
+        },
+        ["cache"] = Cache is null ? null : new JsonObject
+        {
+            ["parameters"] = Cache.ParameterCount,
+            ["tensors"] = Cache.Parameters.Count,
+            ["l2"] = Cache.L2,
+            ["shards"] = Cache.Shards.Count,
+        },
+    };
+
+    public void Print(TextWriter o)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        o.WriteLine($"adapter    {Head.AdapterId}");
+        o.WriteLine($"head       version {Head.Version}, updated {Head.UpdatedAt.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss'Z'", inv)}");
+        o.WriteLine($"uri        {Version.Uri}");
+        o.WriteLine($"sha256     {Version.Sha256}");
+        o.WriteLine($"versions   {FormatVersions(Versions)} ({Versions.Count})");
+        string parent = ParentVersion is int p ? $"parent {p}" : Kind == "base" ? "base (registered)" : "no parent";
+        string created = CreatedAt is DateTimeOffset c ? $", created {c.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss'Z'", inv)}" : "";
+        o.WriteLine($"manifest   {parent}{created}");
+        o.WriteLine($"requests   {AppliedRequests} applied ({RequestsInVersion} in this version)");
+        o.WriteLine($"edits      {Removed} removed, {Replaced} replaced");
+        if (Solver is { } s)
+        {
+            string Number(string key, string format) => s[key] is JsonValue v && v.TryGetValue(out double d) ? d.ToString(format, inv) : "?";
+            string name = s["name"] is JsonValue n && n.TryGetValue(out string? nm) ? nm : "?";
+            o.WriteLine($"solver     {name}, {Number("iterations", "0")} iteration(s), residual {Number("relativeResidual", "0.00E+00")}, damping {Number("damping", "G4")}, {Number("seconds", "0.000")} s");
+        }
+        else
+        {
+            o.WriteLine("solver     none (base version)");
+        }
+        if (Cache is not null)
+            o.WriteLine($"cache      P = {Cache.ParameterCount:N0} in {Cache.Parameters.Count} tensor(s), l2 = {Cache.L2.ToString("G6", inv)}, {Cache.Shards.Count} shard(s)");
+    }
+
+    /// <summary>0, 1, 2, 3, 7 → "0–3, 7".</summary>
+    internal static string FormatVersions(IReadOnlyList<int> versions)
+    {
+        if (versions.Count == 0)
+            return "none";
+        var parts = new List<string>();
+        int start = versions[0], prev = versions[0];
+        foreach (int v in versions.Skip(1).Append(int.MinValue))
+        {
+            if (v == prev + 1)
+            {
+                prev = v;
+                continue;
+            }
+            parts.Add(start == prev ? start.ToString(CultureInfo.InvariantCulture)
+                : prev == start + 1 ? $"{start}, {prev}" : $"{start}–{prev}");
+            start = prev = v;
+        }
+        return string.Join(", ", parts);
+    }
+}
