@@ -3,14 +3,19 @@
 # Azurite's blob service (10000). No systemd needed: both run in the background as plain processes with all
 # their state under <repo>/.run/ (git-ignored); Azurite is installed with npm into <repo>/.tools/azurite.
 #
-# Usage: scripts/services.sh start|stop|status|env|restart [rabbitmq|azurite]...
+# Usage: scripts/services.sh start|stop|status|env|restart|deps [rabbitmq|azurite]...
 #   start    installs what is missing (apt-get / npm), starts the services (all, or those named) and waits
 #            until they answer; idempotent: a service that already answers is left alone. A port that is
 #            already served by a process this script did not start is used as it is ("external").
 #   stop     stops the services this script started (found by the pid files under .run/); idempotent.
 #   status   one line per service: running | external | stopped. Exit code 0 iff all named ones answer.
-#   env      prints `export ERASER_TEST_RABBITMQ=...` and `export ERASER_TEST_AZURITE=...` lines:
-#            eval "$(scripts/services.sh env)"
+#   env      prints `export ERASER_TEST_RABBITMQ=...`, `export ERASER_TEST_RABBITMQ_MANAGEMENT=...` and
+#            `export ERASER_TEST_AZURITE=...` lines: eval "$(scripts/services.sh env)"
+#   deps     installs, only when missing, every Debian package the test suite needs — the services'
+#            (rabbitmq-server, nodejs, npm, curl) and the tools' (prometheus for promtool and python3-yaml,
+#            both required by infra/check.sh; yamllint and shellcheck, whose checks infra/check.sh otherwise
+#            skips; python3-pika and python3-numpy for /usr/bin/python3) — with one apt-get update at most and
+#            --no-install-recommends; quick when everything is present. scripts/test.sh runs it first.
 #
 # Environment: ERASER_SERVICES_TIMEOUT (seconds to wait for readiness, default 90).
 set -euo pipefail
@@ -53,8 +58,39 @@ apt_install() {
         DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
         apt_updated=1
     fi
-    log "apt-get install -y $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+    log "apt-get install -y --no-install-recommends $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+# The Debian packages of the test suite that are missing, each found by what the tests use of it (a command,
+# or a module of Debian's /usr/bin/python3, which is the interpreter the tests and infra/check.sh run).
+missing_packages() {
+    local -a missing=()
+    [[ -x "$RABBIT_BIN/rabbitmq-server" ]] && command -v runuser >/dev/null || missing+=(rabbitmq-server)
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then missing+=(nodejs npm); fi
+    command -v curl >/dev/null || missing+=(curl)
+    command -v promtool >/dev/null || missing+=(prometheus)
+    command -v yamllint >/dev/null || missing+=(yamllint)
+    command -v shellcheck >/dev/null || missing+=(shellcheck)
+    local module package
+    for module in yaml:python3-yaml pika:python3-pika numpy:python3-numpy; do
+        package="${module#*:}"
+        module="${module%%:*}"
+        [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c "import $module" 2>/dev/null || missing+=("$package")
+    done
+    echo "${missing[@]}"
+}
+
+deps_install() {
+    local -a missing
+    read -r -a missing <<<"$(missing_packages)"
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "deps: every package the tests need is installed"
+        return 0
+    fi
+    apt_install "${missing[@]}"
+    read -r -a missing <<<"$(missing_packages)"
+    [[ ${#missing[@]} -eq 0 ]] || die "still missing after apt-get install: ${missing[*]}"
 }
 
 # --------------------------------------------------------------------------------------------- RabbitMQ
@@ -324,7 +360,7 @@ azurite_stop() {
 # ------------------------------------------------------------------------------------------------- main
 
 usage() {
-    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -348,6 +384,9 @@ case "$cmd" in
     restart)
         for s in "${services[@]}"; do "${s/rabbitmq/rabbit}_stop"; "${s/rabbitmq/rabbit}_start"; done
         ;;
+    deps)
+        deps_install
+        ;;
     status)
         rc=0
         for s in "${services[@]}"; do
@@ -359,6 +398,7 @@ case "$cmd" in
         ;;
     env)
         echo "export ERASER_TEST_RABBITMQ=$RABBIT_URI"
+        echo "export ERASER_TEST_RABBITMQ_MANAGEMENT=http://127.0.0.1:${RABBIT_MGMT_PORT}/"
         echo "export ERASER_TEST_AZURITE='$AZURITE_CONNECTION_STRING'"
         ;;
     *) usage ;;

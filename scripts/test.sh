@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against real services: starts RabbitMQ and Azurite (scripts/services.sh start),
-# exports ERASER_TEST_RABBITMQ / ERASER_TEST_AZURITE, runs `dotnet test EraserWorker.sln -c Release` with
+# Runs the whole test suite against real services: installs the Debian packages the tests need when they are
+# missing (scripts/services.sh deps: one apt-get update at most; nothing to do, and quick, when all are there),
+# starts RabbitMQ and Azurite (scripts/services.sh start), exports ERASER_TEST_RABBITMQ,
+# ERASER_TEST_RABBITMQ_MANAGEMENT and ERASER_TEST_AZURITE, runs `dotnet test EraserWorker.sln -c Release` with
 # any extra arguments passed through, and on exit stops the services that this run started (services that
 # were already running before are left running).
 #
@@ -24,9 +26,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+"$SERVICES" deps
 "$SERVICES" start
 eval "$("$SERVICES" env)"
-export ERASER_TEST_RABBITMQ ERASER_TEST_AZURITE
+export ERASER_TEST_RABBITMQ ERASER_TEST_RABBITMQ_MANAGEMENT ERASER_TEST_AZURITE
 
 cd "$REPO_ROOT"
 dotnet test EraserWorker.sln -c Release "$@"

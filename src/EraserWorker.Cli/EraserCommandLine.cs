@@ -11,6 +11,10 @@ public static class EraserCommandLine
         root.Subcommands.Add(UnlearnCommand.Create());
         root.Subcommands.Add(BenchCommand.Create());
         OperatorCommands.AddTo(root);
+        root.Subcommands.Add(ModelCacheCommand.Create());
+        root.Subcommands.Add(ModelTrainCommand.Create());
+        root.Subcommands.Add(ModelEvalCommand.Create());
+        ModelBenchCommand.AddTo(root);
         return root;
     }
 }

@@ -139,7 +139,7 @@ public static partial class RequestValidation
     /// <summary>
     /// Checks a request against every rule of <c>unlearning-requested.schema.json</c> plus the cross-field
     /// rules a schema cannot express (the replacements URI must name the request's own adapter; at most
-    /// <paramref name="maxSampleIds"/> sample ids). Returns the problems, empty when the request is valid.
+    /// <paramref name="maxSampleIds"/> sample ids). Sample ids must be distinct (<c>uniqueItems</c>). Returns the problems, empty when the request is valid.
     /// Values are quoted only when valid-length, so a problem text never grows with a hostile input.
     /// </summary>
     public static IReadOnlyList<string> Validate(UnlearningRequested? request, int maxSampleIds)
@@ -178,6 +178,13 @@ public static partial class RequestValidation
             }
             if (bad > 5)
                 problems.Add($"sampleIds: {bad - 5} more invalid ids.");
+            if (bad == 0 && sampleIds.Count <= maxSampleIds)
+            {
+                var seen = new HashSet<string>(StringComparer.Ordinal);
+                var repeated = sampleIds.Where(id => !seen.Add(id)).Distinct(StringComparer.Ordinal).ToList();
+                if (repeated.Count > 0)
+                    problems.Add($"sampleIds names {string.Join(", ", repeated.Take(5).Select(Show))}{(repeated.Count > 5 ? $" and {repeated.Count - 5} more" : "")} more than once.");
+            }
         }
 
         if (UnlearningTasks.NeedsReplacements(request.Task))

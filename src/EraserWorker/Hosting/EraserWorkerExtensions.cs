@@ -4,7 +4,9 @@ using EraserWorker.Messaging;
 using EraserWorker.Observability;
 using EraserWorker.Storage;
 using EraserWorker.Unlearning;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Options;
 using Prometheus;
 
 namespace EraserWorker.Hosting;
@@ -27,11 +29,16 @@ public static class EraserWorkerExtensions
         services.AddSingleton(TimeProvider.System);
         services.AddSingleton<EraserMetrics>();
         services.AddSingleton<IStorageMetrics, StorageMetricsAdapter>();
+        // Security (docs/reliability.md): no plain HTTP to a remote blob endpoint; no SAS in published or logged URLs.
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<StorageOptions>>(new StorageTlsValidator(configuration)));
+        services.TryAddSingleton<IBlobStore>(sp => new CredentialFreeUriBlobStore(StorageServiceCollectionExtensions.CreateBlobStore(
+            sp.GetRequiredService<IOptions<StorageOptions>>().Value, sp.GetRequiredService<IStorageMetrics>())));
         services.AddEraserStorage(configuration);
         services.AddSingleton<WarmEngines>();
         services.AddSingleton<AdapterUnlearningService>();
         services.AddEraserMessaging(configuration, bus => services.AddEraserDemo(configuration, bus));
         services.AddHealthChecks().AddCheck<StorageHealthCheck>("storage", tags: ["ready"]);
+        services.AddHostedService<TransportSecurityReport>();
         return builder;
     }
 

@@ -45,6 +45,11 @@ public sealed class WorkerOptions
     /// <summary>Most sample ids one request may name.</summary>
     [Range(1, 1_000_000)] public int MaxSampleIdsPerRequest { get; set; } = 10_000;
 
+    /// <summary>Largest request body accepted, in bytes (default 1 MiB). Checked before the body is deserialised: a
+    /// larger message is moved to <c>eraser-unlearning-requested_skipped</c> with the reason in its <c>MT-Reason</c>
+    /// header, and an <c>InvalidRequest</c> failure is published when its requestId and adapterId can be read.</summary>
+    [Range(1024, 128 << 20)] public int MaxMessageBytes { get; set; } = 1 << 20;
+
     /// <summary>Adapters whose base and curvature rows stay in memory (least recently used are evicted).</summary>
     [Range(1, 1000)] public int MaxWarmAdapters { get; set; } = 4;
 

@@ -1,5 +1,6 @@
 using EraserWorker.Contracts;
 using EraserWorker.Hosting;
+using EraserWorker.Observability;
 using MassTransit;
 using Microsoft.Extensions.Options;
 
@@ -8,7 +9,8 @@ namespace EraserWorker.Messaging;
 /// <summary>
 /// The queue <c>eraser-unlearning-requested</c>, bound to the fanout exchange <c>eraser.unlearning-requested</c>:
 /// batches (grouped by adapter by the consumer), raw JSON accepted from any AMQP client (MassTransit envelopes from .NET still work),
-/// transient failures (storage, broker) retried with backoff before the message is dead-lettered to <c>_error</c>.
+/// transient failures (storage, broker) retried with backoff before the message is dead-lettered to <c>_error</c>;
+/// bodies larger than <c>Eraser:Worker:MaxMessageBytes</c> are dead-lettered to <c>_skipped</c> before deserialisation.
 /// </summary>
 public sealed class UnlearningRequestedConsumerDefinition : ConsumerDefinition<UnlearningRequestedConsumer>
 {
@@ -27,6 +29,10 @@ public sealed class UnlearningRequestedConsumerDefinition : ConsumerDefinition<U
         IConsumerConfigurator<UnlearningRequestedConsumer> consumer, IRegistrationContext context)
     {
         endpoint.UseRawJsonDeserializer(RawSerializerOptions.AnyMessageType | RawSerializerOptions.AddTransportHeaders, isDefault: true);
+        // Before deserialisation: an oversized body is dead-lettered (and answered when its ids can be read), never parsed.
+        var limit = new MessageSizeLimitFilter(_options.MaxMessageBytes, context.GetRequiredService<EraserMetrics>(),
+            context.GetRequiredService<ILoggerFactory>().CreateLogger<MessageSizeLimitFilter>());
+        endpoint.ConfigureReceive(receive => receive.UseFilter(limit));
         endpoint.UseMessageRetry(r => r.Exponential(8, TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(30), TimeSpan.FromMilliseconds(500)));
         if (endpoint is IRabbitMqReceiveEndpointConfigurator rabbit)
         {

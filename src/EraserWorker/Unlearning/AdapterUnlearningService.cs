@@ -86,25 +86,40 @@ public sealed class AdapterUnlearningService(
                 failed.Add(problem);
                 continue;
             }
-            edits = item.Request.Task == UnlearningTasks.Remove
-                ? edits.Remove(item.Request.SampleIds)
-                : edits.Replace(item.Request.SampleIds, item.Request.ReplacementsUri!);
+            edits = Apply(edits, item.Request);
             accepted.Add(item);
         }
         if (accepted.Count == 0)
             return new BatchOutcome(completed, failed, null);
 
+        var solverOptions = new SolverOptions { Solver = options.Value.Solver, Damping = options.Value.Damping };
         UnlearningUpdate update;
         try
         {
-            update = warm.Engine.Compute(edits, warm.Replacements, new SolverOptions { Solver = options.Value.Solver, Damping = options.Value.Damping },
-                null, cancellation);
+            update = warm.Engine.Compute(edits, warm.Replacements, solverOptions, null, cancellation);
         }
-        catch (UnlearningException e)
+        catch (Exception e) when (SolveFailureCode(e) is { } code)
         {
-            logger.LogError(e, "Solve failed for {AdapterId}: {Code}", adapterId, e.Code);
-            failed.AddRange(accepted.Select(a => Failure(a.Request, e.Code, e.Message)));
-            return new BatchOutcome(completed, failed, null);
+            logger.LogError(e, "Solve failed for {AdapterId}: {Code}", adapterId, code);
+            // A bad request fails alone (SPEC §3): find the requests that fail on their own, solve again without them.
+            List<(UnlearningRequested Request, DateTimeOffset? SentAt)> alone =
+                accepted.Count == 1 ? [] : Isolate(warm, current.EditSet, accepted, solverOptions, failed, cancellation);
+            if (alone.Count == 0 || alone.Count == accepted.Count)
+            {
+                failed.AddRange(accepted.Where(a => !failed.Any(f => f.RequestId == a.Request.RequestId)).Select(a => Failure(a.Request, code, e.Message)));
+                return new BatchOutcome(completed, failed, null);
+            }
+            accepted = alone;
+            edits = accepted.Aggregate(current.EditSet, (set, a) => Apply(set, a.Request));
+            try
+            {
+                update = warm.Engine.Compute(edits, warm.Replacements, solverOptions, null, cancellation);
+            }
+            catch (Exception again) when (SolveFailureCode(again) is { } code2)
+            {
+                failed.AddRange(accepted.Select(a => Failure(a.Request, code2, again.Message)));
+                return new BatchOutcome(completed, failed, null);
+            }
         }
         metrics.ObserveSolve(update.Report.Solver, update.Report.Seconds, update.Report.Iterations, update.Report.RelativeResidual);
 
@@ -116,33 +131,49 @@ public sealed class AdapterUnlearningService(
         try
         {
             warm.BaseAdapter.WriteUpdated(local, warm.Engine.Parameters, update.Theta);
-            var history = current.RequestHistory.ToDictionary(p => p.Key, p => p.Value, StringComparer.Ordinal);
-            foreach (var a in accepted)
-                history[a.Request.RequestId] = version;
-            var manifest = new VersionManifest
+            var files = Directory.EnumerateFiles(local).ToDictionary(f => Path.GetFileName(f),
+                f => new ManifestFile(FileHash.Sha256OfFile(f), new FileInfo(f).Length));
+            for (int attempt = 1; ; attempt++)
             {
-                AdapterId = adapterId,
-                Version = version,
-                ParentVersion = head.Version,
-                CreatedAt = clock.GetUtcNow(),
-                Requests = accepted.Select(a => new AppliedRequest(a.Request.RequestId, a.Request.Task, a.Request.SampleIds,
-                    a.Request.ReplacementsUri, a.SentAt)).ToList(),
-                RequestHistory = history,
-                Edits = ManifestEdits.From(edits),
-                Solver = solver,
-                UpdateNorm = update.UpdateNorm,
-                Files = Directory.EnumerateFiles(local).ToDictionary(f => Path.GetFileName(f),
-                    f => new ManifestFile(FileHash.Sha256OfFile(f), new FileInfo(f).Length)),
-            };
-            await File.WriteAllTextAsync(Path.Combine(local, AdapterStore.ManifestFileName), JsonSerializer.Serialize(manifest, ManifestJson), cancellation);
-            try
-            {
-                written = await store.WriteVersionAsync(adapterId, version, local, cancellation);
-            }
-            catch (VersionExistsException)
-            {
-                await HelpAdvanceAsync(adapterId, head, version, cancellation);
-                return null;
+                var history = current.RequestHistory.ToDictionary(p => p.Key, p => p.Value, StringComparer.Ordinal);
+                foreach (var a in accepted)
+                    history[a.Request.RequestId] = version;
+                var manifest = new VersionManifest
+                {
+                    AdapterId = adapterId,
+                    Version = version,
+                    ParentVersion = head.Version,
+                    CreatedAt = clock.GetUtcNow(),
+                    Requests = accepted.Select(a => new AppliedRequest(a.Request.RequestId, a.Request.Task, a.Request.SampleIds,
+                        a.Request.ReplacementsUri, a.SentAt)).ToList(),
+                    RequestHistory = history,
+                    Edits = ManifestEdits.From(edits),
+                    Solver = solver,
+                    UpdateNorm = update.UpdateNorm,
+                    Files = files,
+                };
+                await File.WriteAllTextAsync(Path.Combine(local, AdapterStore.ManifestFileName), JsonSerializer.Serialize(manifest, ManifestJson), cancellation);
+                try
+                {
+                    written = await store.WriteVersionAsync(adapterId, version, local, cancellation);
+                    break;
+                }
+                catch (VersionExistsException)
+                {
+                    await HelpAdvanceAsync(adapterId, head, version, cancellation);
+                    return null;
+                }
+                catch (VersionConflictException e) when (attempt < 3)
+                {
+                    // Another writer holds a live claim on this number: a replica writing it right now, or one killed
+                    // while writing it (its claim lasts Eraser:Storage:VersionClaimTimeout, 10 min by default). Waiting
+                    // would stall the adapter: write under the next number nobody has used, with the same parent. The
+                    // head's ETag still decides which version is published; the other stays an unpublished orphan.
+                    int next = await store.NextFreeVersionAsync(adapterId, cancellation);
+                    logger.LogWarning("Version {Version} of {AdapterId} is claimed by another writer ({Reason}); writing version {Next} instead",
+                        version, adapterId, e.Message, next);
+                    version = next;
+                }
             }
         }
         finally
@@ -151,7 +182,12 @@ public sealed class AdapterUnlearningService(
                 Directory.Delete(local, recursive: true);
         }
 
-        if (!await store.TryAdvanceHeadAsync(adapterId, version, head.ETag, cancellation))
+        // Our If-Match can fail although the version is published: another replica found our version written and moved
+        // the head to it for us (HelpAdvanceAsync). The version is ours (created with If-None-Match), so announce it —
+        // if the current head really applies our requests in our version (the head may also have moved past an orphan
+        // of ours, written under another number while a dead writer's claim blocked the next one: then recompute).
+        if (!await store.TryAdvanceHeadAsync(adapterId, version, head.ETag, cancellation)
+            && !await AppliedInAsync(adapterId, accepted, version, cancellation))
             return null;
 
         metrics.VersionPublished();
@@ -163,6 +199,52 @@ public sealed class AdapterUnlearningService(
         return new BatchOutcome(completed, failed,
             new AdapterVersionPublished(adapterId, version, written.Uri, written.Sha256, accepted.Select(a => a.Request.RequestId).ToList()));
     }
+
+    /// <summary>True when the current head's history says every one of <paramref name="accepted"/> was applied in
+    /// <paramref name="version"/>.</summary>
+    private async Task<bool> AppliedInAsync(string adapterId, IReadOnlyList<(UnlearningRequested Request, DateTimeOffset? SentAt)> accepted,
+        int version, CancellationToken cancellation)
+    {
+        var head = await store.GetHeadAsync(adapterId, cancellation);
+        if (head is null || head.Version < version)
+            return false;
+        var manifest = await ReadManifestAsync(adapterId, head.Version, cancellation);
+        return accepted.All(a => manifest.RequestHistory.TryGetValue(a.Request.RequestId, out int v) && v == version);
+    }
+
+    /// <summary>The batch failed to solve: solves each request alone on top of <paramref name="baseEdits"/>; those that
+    /// fail alone are added to <paramref name="failed"/>, the others returned.</summary>
+    private static List<(UnlearningRequested Request, DateTimeOffset? SentAt)> Isolate(WarmAdapter warm, EditSet baseEdits,
+        IReadOnlyList<(UnlearningRequested Request, DateTimeOffset? SentAt)> accepted, SolverOptions solverOptions,
+        List<UnlearningFailed> failed, CancellationToken cancellation)
+    {
+        var ok = new List<(UnlearningRequested Request, DateTimeOffset? SentAt)>();
+        foreach (var item in accepted)
+        {
+            try
+            {
+                warm.Engine.Compute(Apply(baseEdits, item.Request), warm.Replacements, solverOptions, null, cancellation);
+                ok.Add(item);
+            }
+            catch (Exception e) when (SolveFailureCode(e) is { } code)
+            {
+                failed.Add(Failure(item.Request, code, e.Message));
+            }
+        }
+        return ok;
+    }
+
+    private static EditSet Apply(EditSet edits, UnlearningRequested request) =>
+        request.Task == UnlearningTasks.Remove ? edits.Remove(request.SampleIds) : edits.Replace(request.SampleIds, request.ReplacementsUri!);
+
+    /// <summary>The failure code of a solve that cannot succeed for these edits: the solver's own refusal, or unusable
+    /// rows (non-finite or unreadable cache or replacement data, SPEC §2); null for anything else.</summary>
+    private static string? SolveFailureCode(Exception e) => e switch
+    {
+        UnlearningException u => u.Code,
+        GradientCacheException or InvalidDataException => FailureCodes.InvalidCache,
+        _ => null,
+    };
 
     /// <summary>Another writer finished version <paramref name="version"/> on top of our head but has not moved the head
     /// (it may have crashed): move it for them, so a dead writer never blocks the adapter.</summary>
@@ -194,24 +276,60 @@ public sealed class AdapterUnlearningService(
             }
             catch (ReplacementsNotFoundException)
             {
+                TryDelete(directory);
                 return Failure(request, FailureCodes.ReplacementMissing, $"No replacement set at '{request.ReplacementsUri}'.");
             }
-            catch (Exception e) when (e is InvalidDataException or IOException or ArgumentException)
+            catch (ArgumentException e)
             {
-                return Failure(request, FailureCodes.InvalidRequest, $"Replacement set '{request.ReplacementsUri}' is invalid: {e.Message}");
+                TryDelete(directory);
+                return Failure(request, FailureCodes.InvalidRequest, $"Replacement set '{request.ReplacementsUri}' cannot be used: {e.Message}");
             }
-            if (set.ParameterCount != cache.ParameterCount)
+            catch (Exception e) when (e is InvalidDataException or GradientCacheException or FileNotFoundException)
+            {
+                TryDelete(directory);
+                return Failure(request, FailureCodes.InvalidCache, $"Replacement set '{request.ReplacementsUri}' is invalid: {e.Message}");
+            }
+            if (set.ParameterCount != cache.ParameterCount ||
+                !set.Parameters.Select(q => (q.Name, string.Join(',', q.Shape))).SequenceEqual(cache.Parameters.Select(q => (q.Name, string.Join(',', q.Shape)))))
             {
                 set.Dispose();
-                return Failure(request, FailureCodes.InvalidRequest,
-                    $"Replacement set '{request.ReplacementsUri}' has P = {set.ParameterCount}, the adapter's cache P = {cache.ParameterCount}.");
+                TryDelete(directory);
+                return Failure(request, FailureCodes.InvalidCache,
+                    $"Replacement set '{request.ReplacementsUri}' lists other parameters than the adapter's cache (P = {set.ParameterCount} vs {cache.ParameterCount}).");
             }
             warm.AddReplacements(request.ReplacementsUri, set);
         }
         var missing = request.SampleIds.Where(id => !set.TryGetRow(id, out _)).Take(5).ToList();
-        return missing.Count > 0
-            ? Failure(request, FailureCodes.ReplacementMissing, $"Replacement set '{request.ReplacementsUri}' has no rows for: {string.Join(", ", missing.Select(Quote))}.")
-            : null;
+        if (missing.Count > 0)
+            return Failure(request, FailureCodes.ReplacementMissing, $"Replacement set '{request.ReplacementsUri}' has no rows for: {string.Join(", ", missing.Select(Quote))}.");
+        // SPEC §2: non-finite values are refused before anything is written. Rows are checked when they are read, so
+        // read the rows this request brings in now, while it can still fail alone.
+        try
+        {
+            foreach (var id in request.SampleIds)
+            {
+                set.TryGetRow(id, out int row);
+                set.ReadRowDouble(CacheMatrix.Gradients, row);
+                set.ReadRowDouble(CacheMatrix.Curvature, row);
+            }
+        }
+        catch (Exception e) when (e is GradientCacheException or InvalidDataException)
+        {
+            return Failure(request, FailureCodes.InvalidCache, $"Replacement set '{request.ReplacementsUri}' is invalid: {e.Message}");
+        }
+        return null;
+    }
+
+    private static void TryDelete(string directory)
+    {
+        try
+        {
+            if (Directory.Exists(directory))
+                Directory.Delete(directory, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
     }
 
     private async Task<UnlearningCompleted> ReemitAsync(UnlearningRequested request, int version, CancellationToken cancellation)
@@ -232,8 +350,12 @@ public sealed class AdapterUnlearningService(
 
     private static readonly JsonSerializerOptions ManifestJson = new(JsonSerializerDefaults.Web) { WriteIndented = true };
 
+    /// <summary>A failure event; the ids are echoed as received but cut to their maximum lengths (128 and 200
+    /// characters), so an oversized hostile id never grows the event.</summary>
     public static UnlearningFailed Failure(UnlearningRequested request, string code, string message) =>
-        new(request.RequestId ?? "", request.AdapterId ?? "", code, message);
+        new(Cut(request.RequestId, RequestValidation.MaxRequestIdLength), Cut(request.AdapterId, RequestValidation.MaxAdapterIdLength), code, message);
+
+    private static string Cut(string? value, int max) => value is null ? "" : value.Length <= max ? value : value[..max];
 
     private static string Quote(string id) => $"'{(id.Length > 64 ? id[..64] + "…" : id)}'";
 }

@@ -1,0 +1,296 @@
+using System.Diagnostics;
+using EraserWorker.Contracts;
+using EraserWorker.Demo;
+using EraserWorker.Hosting;
+using EraserWorker.Messaging;
+using EraserWorker.Storage;
+using EraserWorker.Tests.Infrastructure;
+using MassTransit;
+using MassTransit.Testing;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Xunit.Abstractions;
+
+namespace EraserWorker.Tests.Worker;
+
+/// <summary>
+/// The worker's consumer in process, on its embedded defaults — the in-memory transport and the folder store
+/// (<see cref="FileSystemBlobStore"/> in a temporary folder) — composed exactly as Program.cs does
+/// (<see cref="EraserWorkerExtensions.AddEraserWorker"/>), with MassTransit's test harness in place of the bus
+/// (<c>AddMassTransitTestHarness</c> replaces the worker's registration; the consumer, its definition and the SPEC
+/// topology are registered again the same way). No broker, no Azurite.
+/// </summary>
+public sealed class InMemoryWorkerTests(ITestOutputHelper output) : IDisposable
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
+
+    /// <summary>The harness's message lists wait for more messages (until inactivity) unless the token is already
+    /// cancelled: then they return what arrived so far.</summary>
+    private static readonly CancellationToken Snapshot = new(canceled: true);
+    private const string AdapterId = WorkerTestBed.AdapterId;
+
+    private readonly TempDirectory _temp = new("eraser-inmemory-worker");
+
+    public void Dispose() => _temp.Dispose();
+
+    private string StoreRoot => Path.Combine(_temp.Path, "store");
+
+    private AdapterStore TestStore() => new(new FileSystemBlobStore(StoreRoot), new StorageOptions { WriterId = "tests" });
+
+    private async Task RegisterAsync(RidgeOracle ridge)
+    {
+        var (adapter, cache) = ridge.WriteFiles(_temp.Sub("source-" + Guid.NewGuid().ToString("N")[..8]));
+        await TestStore().RegisterAsync(AdapterId, adapter, cache);
+    }
+
+    /// <summary>The worker's host (WebApplication + AddEraserWorker) on embedded defaults, with the test harness as
+    /// its bus; <paramref name="services"/> may register things first (e.g. a decorated blob store).</summary>
+    private async Task<WebApplication> StartHostAsync(Action<IServiceCollection>? services = null, TimeSpan? batchTimeLimit = null,
+        bool harness = true, IReadOnlyDictionary<string, string?>? settings = null)
+    {
+        var builder = WebApplication.CreateBuilder(new WebApplicationOptions { ContentRootPath = _temp.Path, EnvironmentName = "Production" });
+        var configuration = new Dictionary<string, string?>
+        {
+            // Only what must differ from the defaults: where the folder store and the work folder are, any free port.
+            ["Eraser:Storage:Root"] = StoreRoot,
+            ["Eraser:Worker:WorkDirectory"] = _temp.Sub("work-" + Guid.NewGuid().ToString("N")[..8]),
+            ["Eraser:Http:Port"] = "0",
+            ["Eraser:Worker:BatchTimeLimit"] = (batchTimeLimit ?? TimeSpan.FromMilliseconds(500)).ToString("c"),
+            ["Eraser:Compute:Device"] = "cpu",
+        };
+        foreach (var (k, v) in settings ?? new Dictionary<string, string?>())
+            configuration[k] = v;
+        builder.Configuration.AddInMemoryCollection(configuration);
+        builder.Logging.ClearProviders();
+        builder.Logging.AddProvider(new TestOutputLoggerProvider(output));
+        services?.Invoke(builder.Services);
+        builder.AddEraserWorker();
+        if (harness)
+        {
+            builder.Services.AddMassTransitTestHarness(x =>
+            {
+                x.SetTestTimeouts(testTimeout: TimeSpan.FromMinutes(2), testInactivityTimeout: TimeSpan.FromSeconds(30));
+                x.AddConsumer<UnlearningRequestedConsumer, UnlearningRequestedConsumerDefinition>();
+                x.UsingInMemory((context, cfg) =>
+                {
+                    MessagingExtensions.ConfigureTopology(cfg);
+                    cfg.ConfigureEndpoints(context);
+                });
+            });
+        }
+        var app = builder.Build();
+        app.MapEraserEndpoints();
+        await app.StartAsync();
+        return app;
+    }
+
+    private static async Task<List<T>> WaitPublishedAsync<T>(ITestHarness harness, Func<T, bool> filter, int count, string what) where T : class
+    {
+        var watch = Stopwatch.StartNew();
+        while (true)
+        {
+            var found = harness.Published.Select<T>(Snapshot).Select(m => m.Context.Message).Where(filter).ToList();
+            if (found.Count >= count)
+                return found;
+            if (watch.Elapsed > Timeout)
+            {
+                var all = harness.Published.Select(_ => true, Snapshot).Select(m => $"{m.MessageType.Name}: {System.Text.Json.JsonSerializer.Serialize(m.MessageObject)}");
+                Assert.Fail($"Timed out after {Timeout.TotalSeconds:F0} s waiting for {what}: {found.Count} of {count}.\nPublished so far:\n  {string.Join("\n  ", all)}");
+            }
+            await Task.Delay(50);
+        }
+    }
+
+    private static Task<List<UnlearningCompleted>> WaitCompletedAsync(ITestHarness harness, string requestId, int count = 1) =>
+        WaitPublishedAsync<UnlearningCompleted>(harness, c => c.RequestId == requestId, count, $"UnlearningCompleted of {requestId}");
+
+    private static void AssertNoFaults(ITestHarness harness) =>
+        Assert.False(harness.Published.Select<Fault>(Snapshot).Any(), "the consumer faulted: " +
+            string.Join("; ", harness.Published.Select<Fault>(Snapshot).Select(f => string.Join(", ", f.Context.Message.Exceptions.Select(e => e.Message)))));
+
+    [Fact]
+    public async Task Batch_with_good_and_bad_requests_completes_the_good_ones_exactly_and_fails_each_bad_one_alone()
+    {
+        var ridge = new RidgeOracle(seed: 21);
+        await RegisterAsync(ridge);
+        await using var app = await StartHostAsync(batchTimeLimit: TimeSpan.FromSeconds(1));
+        var harness = app.Services.GetRequiredService<ITestHarness>();
+        string missingSet = RequestValidation.FormatReplacementsUri(AdapterId, "r-does-not-exist");
+
+        UnlearningRequested[] good =
+        [
+            new("good-1", AdapterId, UnlearningTasks.Remove, [ridge.Ids[0], ridge.Ids[3]]),
+            new("good-2", AdapterId, UnlearningTasks.Remove, [ridge.Ids[9]]),
+        ];
+        (UnlearningRequested Request, string Code)[] bad =
+        [
+            (new("bad-unknown-sample", AdapterId, UnlearningTasks.Remove, ["no-such-sample"]), FailureCodes.UnknownSample),
+            (new("bad-adapter-id", "../etc", UnlearningTasks.Remove, [ridge.Ids[1]]), FailureCodes.InvalidRequest),
+            (new("bad-unknown-adapter", "tenant-b/ghost", UnlearningTasks.Remove, [ridge.Ids[1]]), FailureCodes.UnknownAdapter),
+            (new("bad-no-replacements", AdapterId, UnlearningTasks.CorrectResponse, [ridge.Ids[2]]), FailureCodes.InvalidRequest),
+            (new("bad-missing-set", AdapterId, UnlearningTasks.ModifyQuery, [ridge.Ids[2]], missingSet), FailureCodes.ReplacementMissing),
+        ];
+        await harness.Bus.Publish(good[0]);
+        foreach (var (request, _) in bad)
+            await harness.Bus.Publish(request);
+        await harness.Bus.Publish(good[1]);
+
+        foreach (var (request, code) in bad)
+        {
+            var failure = (await WaitPublishedAsync<UnlearningFailed>(harness, f => f.RequestId == request.RequestId, 1, $"UnlearningFailed of {request.RequestId}")).Single();
+            Assert.True(code == failure.Code, $"{request.RequestId}: expected {code}, got {failure.Code} ({failure.Message})");
+            Assert.Equal(request.AdapterId, failure.AdapterId);
+        }
+        var completed = new List<UnlearningCompleted>();
+        foreach (var request in good)
+            completed.AddRange(await WaitCompletedAsync(harness, request.RequestId));
+        Assert.All(completed, c => Assert.Equal(1, c.Version));
+        var version = (await WaitPublishedAsync<AdapterVersionPublished>(harness, _ => true, 1, "AdapterVersionPublished")).Single();
+        Assert.Equal(new[] { "good-1", "good-2" }, version.RequestIds.Order(StringComparer.Ordinal));
+        Assert.Equal(completed[0].Sha256, version.Sha256);
+        Assert.StartsWith("file:", version.AdapterUri, StringComparison.Ordinal);
+
+        // The consumer saw batches (not single messages) and never faulted.
+        Assert.True(await harness.GetConsumerHarness<UnlearningRequestedConsumer>().Consumed.Any<Batch<UnlearningRequested>>());
+        AssertNoFaults(harness);
+
+        var store = TestStore();
+        Assert.Equal(new[] { 0, 1 }, await store.ListVersionsAsync(AdapterId));
+        string dir = Path.Combine(_temp.Path, "v1");
+        var downloaded = await store.DownloadVersionAsync(AdapterId, 1, dir);
+        Assert.Equal(completed[0].Sha256, downloaded.Sha256);
+        ridge.AssertEqualsRetraining(WorkerTestBed.ModelFile(dir), ridge.Retrain(good.SelectMany(g => g.SampleIds)), "version 1");
+    }
+
+    [Fact]
+    public async Task Duplicates_in_one_batch_and_after_completion_are_answered_from_the_history_never_re_applied()
+    {
+        var ridge = new RidgeOracle(seed: 22);
+        await RegisterAsync(ridge);
+        await using var app = await StartHostAsync();
+        var harness = app.Services.GetRequiredService<ITestHarness>();
+        var request = new UnlearningRequested("dup-7", AdapterId, UnlearningTasks.Remove, [ridge.Ids[7]]);
+
+        await harness.Bus.Publish(request);
+        await harness.Bus.Publish(request); // the same delivery twice, within one batch window
+        var first = (await WaitCompletedAsync(harness, "dup-7")).First();
+        Assert.Equal(1, first.Version);
+        await Task.Delay(1000);
+        int before = harness.Published.Select<UnlearningCompleted>(Snapshot).Count(c => c.Context.Message.RequestId == "dup-7");
+
+        await harness.Bus.Publish(request); // redelivered after completion
+        var all = await WaitCompletedAsync(harness, "dup-7", before + 1);
+        Assert.All(all, c => Assert.Equal((1, first.AdapterUri, first.Sha256), (c.Version, c.AdapterUri, c.Sha256)));
+        await Task.Delay(500);
+
+        AssertNoFaults(harness);
+        Assert.Single(harness.Published.Select<AdapterVersionPublished>(Snapshot));
+        Assert.Empty(harness.Published.Select<UnlearningFailed>(Snapshot));
+        Assert.Equal(new[] { 0, 1 }, await TestStore().ListVersionsAsync(AdapterId));
+    }
+
+    [Fact]
+    public async Task A_version_whose_head_another_replica_moved_forward_is_still_announced()
+    {
+        // Another replica that found our version written but the head not yet moved helps it forward
+        // (AdapterUnlearningService.HelpAdvanceAsync); our own If-Match on the head then fails although the head
+        // is at our version. The version must be announced all the same (AdapterVersionPublished), exactly once.
+        var ridge = new RidgeOracle(seed: 23);
+        await RegisterAsync(ridge);
+        var helping = new HelpingReplicaBlobStore(new FileSystemBlobStore(StoreRoot));
+        await using var app = await StartHostAsync(services => services.AddSingleton<IBlobStore>(helping));
+        var harness = app.Services.GetRequiredService<ITestHarness>();
+
+        await harness.Bus.Publish(new UnlearningRequested("helped-1", AdapterId, UnlearningTasks.Remove, [ridge.Ids[4]]));
+        var completed = (await WaitCompletedAsync(harness, "helped-1")).Single();
+        Assert.True(helping.Helped, "the test did not simulate the other replica");
+        Assert.Equal(1, completed.Version);
+        var version = (await WaitPublishedAsync<AdapterVersionPublished>(harness, v => v.Version == 1, 1, "AdapterVersionPublished of version 1")).Single();
+        Assert.Equal(new[] { "helped-1" }, version.RequestIds);
+        await Task.Delay(500);
+        Assert.Single(harness.Published.Select<AdapterVersionPublished>(Snapshot));
+        Assert.Equal(new[] { 0, 1 }, await TestStore().ListVersionsAsync(AdapterId));
+    }
+
+    [Fact]
+    public async Task Demo_mode_on_the_embedded_defaults_completes_its_requests()
+    {
+        // `dotnet run --project src/EraserWorker -- --demo`: in-memory transport, folder store, the demo publisher; no
+        // test harness, the worker's own bus. A subscriber connected to the bus sees the events.
+        await using var app = await StartHostAsync(harness: false, settings: new Dictionary<string, string?>
+        {
+            ["Eraser:Demo:Enabled"] = "true",
+            ["Eraser:Demo:Requests"] = "5",
+            ["Eraser:Demo:Interval"] = "00:00:00.200",
+        });
+        var bus = app.Services.GetRequiredService<IBus>();
+        var completed = new List<UnlearningCompleted>();
+        var failed = new List<UnlearningFailed>();
+        // Plain JSON carries no message type: one endpoint (queue) per event type, bound to its one exchange.
+        var completedEndpoint = bus.ConnectReceiveEndpoint("test-demo-completed", e => e.Handler<UnlearningCompleted>(c =>
+        {
+            lock (completed)
+                completed.Add(c.Message);
+            return Task.CompletedTask;
+        }));
+        var failedEndpoint = bus.ConnectReceiveEndpoint("test-demo-failed", e => e.Handler<UnlearningFailed>(c =>
+        {
+            lock (failed)
+                failed.Add(c.Message);
+            return Task.CompletedTask;
+        }));
+        await completedEndpoint.Ready;
+        await failedEndpoint.Ready;
+        var watch = Stopwatch.StartNew();
+        while (watch.Elapsed < Timeout && Count(completed) + Count(failed) < 5)
+            await Task.Delay(100);
+        await completedEndpoint.StopAsync();
+        await failedEndpoint.StopAsync();
+
+        Assert.True(Count(failed) == 0, "demo requests failed: " + string.Join("; ", failed.Select(f => $"{f.Code} {f.Message}")));
+        Assert.True(Count(completed) == 5, $"{Count(completed)} of the demo's 5 requests completed within {Timeout.TotalSeconds:F0} s");
+        var demo = new DemoOptions().AdapterId;
+        var versions = await TestStore().ListVersionsAsync(demo);
+        Assert.Equal(Enumerable.Range(0, versions.Count), versions);
+        Assert.Equal(completed.Max(c => c.Version), versions[^1]);
+        Assert.Contains(completed, c => c.Solver.RelativeResidual < 1e-6);
+    }
+
+    private static int Count<T>(List<T> list)
+    {
+        lock (list)
+            return list.Count;
+    }
+
+    /// <summary>Simulates a second replica: before the worker's first conditional update of a head, it makes the very
+    /// same update itself (what HelpAdvanceAsync does), so the worker's If-Match fails with the head at its version.</summary>
+    private sealed class HelpingReplicaBlobStore(IBlobStore inner) : IBlobStore
+    {
+        private int _helped;
+
+        public bool Helped => _helped > 0;
+
+        public async Task<string> UploadAsync(string name, Stream content, BlobCondition condition, CancellationToken cancellationToken = default)
+        {
+            if (condition.Kind == BlobConditionKind.IfMatch && name.EndsWith("/head.json", StringComparison.Ordinal) && Interlocked.Exchange(ref _helped, 1) == 0)
+            {
+                using var copy = new MemoryStream();
+                await content.CopyToAsync(copy, cancellationToken);
+                byte[] bytes = copy.ToArray();
+                await inner.UploadAsync(name, new MemoryStream(bytes), condition, cancellationToken); // the other replica
+                return await inner.UploadAsync(name, new MemoryStream(bytes), condition, cancellationToken); // ours: fails now
+            }
+            return await inner.UploadAsync(name, content, condition, cancellationToken);
+        }
+
+        public Task InitializeAsync(CancellationToken cancellationToken = default) => inner.InitializeAsync(cancellationToken);
+        public Task<BlobItem?> GetPropertiesAsync(string name, CancellationToken cancellationToken = default) => inner.GetPropertiesAsync(name, cancellationToken);
+        public Task<BlobDownload?> DownloadAsync(string name, Stream destination, CancellationToken cancellationToken = default) => inner.DownloadAsync(name, destination, cancellationToken);
+        public IAsyncEnumerable<string> ListAsync(string prefix, CancellationToken cancellationToken = default) => inner.ListAsync(prefix, cancellationToken);
+        public Task<bool> DeleteAsync(string name, CancellationToken cancellationToken = default) => inner.DeleteAsync(name, cancellationToken);
+        public Task<bool> IsReachableAsync(CancellationToken cancellationToken = default) => inner.IsReachableAsync(cancellationToken);
+        public string UriFor(string name) => inner.UriFor(name);
+    }
+}
