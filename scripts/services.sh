@@ -73,7 +73,7 @@ missing_packages() {
     command -v yamllint >/dev/null || missing+=(yamllint)
     command -v shellcheck >/dev/null || missing+=(shellcheck)
     local module package
-    for module in yaml:python3-yaml pika:python3-pika numpy:python3-numpy; do
+    for module in yaml:python3-yaml pika:python3-pika numpy:python3-numpy torch:python3-torch; do
         package="${module#*:}"
         module="${module%%:*}"
         [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c "import $module" 2>/dev/null || missing+=("$package")

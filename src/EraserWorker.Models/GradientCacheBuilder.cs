@@ -44,7 +44,7 @@ public sealed record CacheBuildOptions
 }
 
 /// <summary>Progress of a cache build: samples and tokens done, of the total, and the time so far.</summary>
-public sealed record CacheBuildProgress(int SamplesDone, int SamplesTotal, long TokensDone, long TokensTotal, TimeSpan Elapsed, int ResumedSamples);
+public sealed record CacheBuildProgress(int SamplesDone, int SamplesTotal, long TokensDone, long TokensTotal, TimeSpan Elapsed, int ResumedSamples, long ResumedTokens = 0);
 
 /// <summary>What a cache build did.</summary>
 public sealed record CacheBuildResult(
@@ -113,7 +113,8 @@ public static class GradientCacheBuilder
             samplesDone += part.Count;
             tokensDone += part.Sum(x => (long)x.InputLength);
         }
-        progress?.Report(new CacheBuildProgress(samplesDone, samples.Count, tokensDone, tokensTotal, watch.Elapsed, resumed));
+        long resumedTokens = tokensDone;
+        progress?.Report(new CacheBuildProgress(samplesDone, samples.Count, tokensDone, tokensTotal, watch.Elapsed, resumed, resumedTokens));
 
         using var model = LlamaModel.Load(options.ModelDirectory, options.Precision, options.Device);
         var runtime = new LoraRuntime(model, layout);
@@ -143,7 +144,7 @@ public static class GradientCacheBuilder
                     samplesDone++;
                     tokensDone += rows[batch[k]].InputLength;
                 }
-                progress?.Report(new CacheBuildProgress(samplesDone, samples.Count, tokensDone, tokensTotal, watch.Elapsed, resumed));
+                progress?.Report(new CacheBuildProgress(samplesDone, samples.Count, tokensDone, tokensTotal, watch.Elapsed, resumed, resumedTokens));
             }
             writer.Complete();
         }

@@ -84,7 +84,7 @@ public sealed class GradientTests : IDisposable
     }
 
     [Fact]
-    public void Sampled_curvature_rows_estimate_the_gauss_newton_matrix()
+    public void Sampled_curvature_rows_are_zero_mean_fisher_draws()
     {
         // E[c cᵀ] = G (the Gauss–Newton matrix of ℓ). Check vᵀ E[ccᵀ] v against vᵀ G v from exact products:
         // G v = H v − Σₜ (∂ℓ/∂zₜ)·∇²zₜ v; for a sample at a point where the output residual term is small the two agree

@@ -28,7 +28,7 @@ internal sealed class ModelProgressBar(TextWriter writer, bool interactive) : IP
             int computed = p.SamplesDone - p.ResumedSamples;
             double rate = computed > 0 ? computed / p.Elapsed.TotalSeconds : 0;
             double left = rate > 0 ? (p.SamplesTotal - p.SamplesDone) / rate : double.NaN;
-            double tokensRate = p.Elapsed.TotalSeconds > 0 ? p.TokensDone / p.Elapsed.TotalSeconds : 0;
+            double tokensRate = p.Elapsed.TotalSeconds > 0 ? (p.TokensDone - p.ResumedTokens) / p.Elapsed.TotalSeconds : 0;
             double fraction = p.SamplesTotal > 0 ? (double)p.SamplesDone / p.SamplesTotal : 1;
             const int width = 28;
             int filled = (int)Math.Round(fraction * width);
