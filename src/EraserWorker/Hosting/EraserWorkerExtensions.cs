@@ -37,7 +37,8 @@ public static class EraserWorkerExtensions
         services.AddSingleton<WarmEngines>();
         services.AddSingleton<AdapterUnlearningService>();
         services.AddEraserMessaging(configuration, bus => services.AddEraserDemo(configuration, bus));
-        services.AddHealthChecks().AddCheck<StorageHealthCheck>("storage", tags: ["ready"]);
+        // Bounded: with the store down the SDK keeps retrying; readiness must answer "no" quickly (probes time out).
+        services.AddHealthChecks().AddCheck<StorageHealthCheck>("storage", tags: ["ready"], timeout: TimeSpan.FromSeconds(3));
         services.AddHostedService<TransportSecurityReport>();
         return builder;
     }
@@ -47,7 +48,18 @@ public static class EraserWorkerExtensions
     {
         app.MapMetrics("/metrics");
         app.MapHealthChecks("/health/live", new() { Predicate = _ => false });
-        app.MapHealthChecks("/health/ready", new() { Predicate = check => check.Tags.Contains("ready") });
+        // Degraded is "not ready" too: MassTransit reports a bus whose broker connection is lost as Degraded, which ASP.NET
+        // Core would answer with 200.
+        app.MapHealthChecks("/health/ready", new()
+        {
+            Predicate = check => check.Tags.Contains("ready"),
+            ResultStatusCodes =
+            {
+                [HealthStatus.Healthy] = StatusCodes.Status200OK,
+                [HealthStatus.Degraded] = StatusCodes.Status503ServiceUnavailable,
+                [HealthStatus.Unhealthy] = StatusCodes.Status503ServiceUnavailable,
+            },
+        });
         return app;
     }
 }

@@ -56,6 +56,11 @@ public sealed class WorkerOptions
     /// <summary>Local folder for downloaded bases, caches, replacement sets and versions being written.</summary>
     [Required] public string WorkDirectory { get; set; } = Path.Combine(Path.GetTempPath(), "eraser-worker");
 
+    /// <summary>How long to wait for another writer's claim on the next version number (it is writing that version now)
+    /// before writing under the next free number instead: a claim older than this is taken to be left by a writer that
+    /// died (killed, OOM) mid-write. Only latency depends on it: the head's ETag keeps the history linear either way.</summary>
+    [Range(typeof(TimeSpan), "00:00:00", "01:00:00")] public TimeSpan ClaimWait { get; set; } = TimeSpan.FromSeconds(20);
+
     /// <summary>Attempts to publish a version when other replicas keep winning the head.</summary>
     [Range(1, 1000)] public int MaxHeadAttempts { get; set; } = 50;
 

@@ -1,6 +1,9 @@
 using EraserWorker.Contracts;
+using EraserWorker.Core.Formats.GradientCaches;
+using EraserWorker.Core.Influence;
 using EraserWorker.Hosting;
 using EraserWorker.Observability;
+using EraserWorker.Storage;
 using EraserWorker.Unlearning;
 using MassTransit;
 using Microsoft.Extensions.Options;
@@ -32,6 +35,8 @@ public sealed class UnlearningRequestedConsumer(
             var request = item.Message;
             metrics.RequestReceived(request.Task);
             var problems = RequestValidation.Validate(request, options.Value.MaxSampleIdsPerRequest);
+            if (problems.Count == 0 && !AdapterStore.IsStorableAdapterId(request.AdapterId))
+                problems = [$"adapterId '{request.AdapterId}' uses a segment reserved by the store ({string.Join(", ", AdapterStore.ReservedSegments)}) after its first segment."];
             if (problems.Count > 0)
                 failures.Add(AdapterUnlearningService.Failure(request, FailureCodes.InvalidRequest, string.Join(" ", problems)));
             else
@@ -44,7 +49,20 @@ public sealed class UnlearningRequestedConsumer(
         foreach (var group in byAdapter)
         {
             using var scope = logger.BeginScope("adapter {AdapterId}", group.Key);
-            var outcome = await service.ApplyAsync(group.Key, group.ToList(), context.CancellationToken);
+            BatchOutcome outcome;
+            try
+            {
+                outcome = await service.ApplyAsync(group.Key, group.ToList(), context.CancellationToken);
+            }
+            catch (Exception e) when (PermanentFailureCode(e) is { } code)
+            {
+                // Retrying cannot help (the adapter's stored data is unusable, or the request cannot be stored), and
+                // it must not take the other adapters' requests of this batch down with it: these requests fail alone.
+                logger.LogError(e, "Requests for {AdapterId} cannot be applied: {Code}", group.Key, code);
+                outcome = new BatchOutcome([], group.DistinctBy(v => v.Request.RequestId, StringComparer.Ordinal)
+                    .Select(v => AdapterUnlearningService.Failure(v.Request, code, e.Message)).ToList(), null);
+            }
+            // Anything else (storage or broker unreachable, head conflicts) propagates: the batch is retried with backoff.
             completed.AddRange(outcome.Completed);
             failures.AddRange(outcome.Failed);
             if (outcome.Published is not null)
@@ -53,10 +71,11 @@ public sealed class UnlearningRequestedConsumer(
 
         // A request delivered twice in one batch (at-least-once delivery) appears twice in `valid`.
         var sentAt = valid.DistinctBy(v => v.Request.RequestId, StringComparer.Ordinal).ToDictionary(v => v.Request.RequestId, v => v.SentAt, StringComparer.Ordinal);
-        foreach (var failure in failures)
+        foreach (var failure in failures.Select(f => f with { Message = service.ScrubPaths(f.Message) }))
         {
             var task = context.Message.FirstOrDefault(m => m.Message.RequestId == failure.RequestId)?.Message.Task;
-            logger.LogWarning("Request {RequestId} for {AdapterId} failed: {Code}: {Reason}", failure.RequestId, failure.AdapterId, failure.Code, failure.Message);
+            logger.LogWarning("Request {RequestId} for {AdapterId} failed: {Code}: {Reason}", LogText.Safe(failure.RequestId), LogText.Safe(failure.AdapterId),
+                failure.Code, LogText.Safe(failure.Message, 1000));
             metrics.RequestFailed(task, failure.Code);
             await context.Publish(failure, context.CancellationToken);
         }
@@ -73,6 +92,19 @@ public sealed class UnlearningRequestedConsumer(
         if (completed.Count > 0)
             metrics.MarkBatchCompleted(now);
     }
+
+    /// <summary>The failure code of an error that retrying cannot cure — the stored adapter, cache or replacement set is
+    /// malformed or does not match (SPEC §2's rejections: <c>InvalidCache</c>), the solver refused the problem (its code),
+    /// or an argument was refused (<c>InvalidRequest</c>: deterministic, it would fail the same way every time) — else
+    /// null: transient (storage or broker trouble, head conflicts), the batch is retried and, when the retries run out,
+    /// dead-lettered to <c>_error</c>.</summary>
+    internal static string? PermanentFailureCode(Exception e) => e switch
+    {
+        UnlearningException u => u.Code,
+        GradientCacheException or InvalidDataException or FileNotFoundException or DirectoryNotFoundException => FailureCodes.InvalidCache,
+        ArgumentException => FailureCodes.InvalidRequest,
+        _ => null,
+    };
 
     /// <summary>When the request was published: the publisher's sent time (MassTransit envelope, or the AMQP
     /// timestamp property), else when this worker received it — so latency is never undercounted silently

@@ -109,6 +109,8 @@ public sealed class AdapterUnlearningService(
                 failed.AddRange(accepted.Where(a => !failed.Any(f => f.RequestId == a.Request.RequestId)).Select(a => Failure(a.Request, code, e.Message)));
                 return new BatchOutcome(completed, failed, null);
             }
+            logger.LogWarning("{Failed} request(s) of the batch for {AdapterId} fail alone; solving the other {Count} again",
+                accepted.Count - alone.Count, adapterId, alone.Count);
             accepted = alone;
             edits = accepted.Aggregate(current.EditSet, (set, a) => Apply(set, a.Request));
             try
@@ -166,11 +168,12 @@ public sealed class AdapterUnlearningService(
                 catch (VersionConflictException e) when (attempt < 3)
                 {
                     // Another writer holds a live claim on this number: a replica writing it right now, or one killed
-                    // while writing it (its claim lasts Eraser:Storage:VersionClaimTimeout, 10 min by default). Waiting
-                    // would stall the adapter: write under the next number nobody has used, with the same parent. The
-                    // head's ETag still decides which version is published; the other stays an unpublished orphan.
-                    int next = await store.NextFreeVersionAsync(adapterId, cancellation);
-                    logger.LogWarning("Version {Version} of {AdapterId} is claimed by another writer ({Reason}); writing version {Next} instead",
+                    // while writing it (its claim would block the number for Eraser:Storage:VersionClaimTimeout, 10 min).
+                    if (await WaitForClaimAsync(adapterId, version, cancellation) is not { } next)
+                        return null; // the other writer finished or gave up: recompute on the new head
+                    // Still claimed after Eraser:Worker:ClaimWait: its writer is presumably dead. Write under the next
+                    // number nobody has used, with the same parent; the head's ETag still decides what is published.
+                    logger.LogWarning("Version {Version} of {AdapterId} stays claimed by another writer ({Reason}); writing version {Next} instead",
                         version, adapterId, e.Message, next);
                     version = next;
                 }
@@ -198,6 +201,35 @@ public sealed class AdapterUnlearningService(
             adapterId, version, accepted.Count, solver.Name, solver.Iterations, solver.RelativeResidual, solver.Seconds);
         return new BatchOutcome(completed, failed,
             new AdapterVersionPublished(adapterId, version, written.Uri, written.Sha256, accepted.Select(a => a.Request.RequestId).ToList()));
+    }
+
+    /// <summary>Waits while another writer's claim on <paramref name="version"/> is younger than
+    /// <see cref="WorkerOptions.ClaimWait"/>. Null when the claim went away or the version was completed meanwhile
+    /// (recompute); else the next free version number (the claim is stale: its writer presumably died).</summary>
+    private async Task<int?> WaitForClaimAsync(string adapterId, int version, CancellationToken cancellation)
+    {
+        string claim = AdapterStore.AdapterPrefix(adapterId) + "claims/" + version.ToString("D6", System.Globalization.CultureInfo.InvariantCulture) + ".json";
+        while (true)
+        {
+            if (await store.ReadManifestAsync(adapterId, version, cancellation) is not null)
+                return null;
+            using var buffer = new MemoryStream();
+            if (await store.Blobs.DownloadAsync(claim, buffer, cancellation) is null)
+                return null;
+            DateTimeOffset claimedAt;
+            try
+            {
+                claimedAt = System.Text.Json.Nodes.JsonNode.Parse(buffer.ToArray())?["claimedAt"]?.GetValue<DateTimeOffset>() ?? DateTimeOffset.MinValue;
+            }
+            catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
+            {
+                claimedAt = DateTimeOffset.MinValue; // unreadable: as good as stale
+            }
+            var left = claimedAt + options.Value.ClaimWait - clock.GetUtcNow();
+            if (left <= TimeSpan.Zero)
+                return await store.NextFreeVersionAsync(adapterId, cancellation);
+            await Task.Delay(left < TimeSpan.FromMilliseconds(500) ? left : TimeSpan.FromMilliseconds(500), clock, cancellation);
+        }
     }
 
     /// <summary>True when the current head's history says every one of <paramref name="accepted"/> was applied in
@@ -349,6 +381,13 @@ public sealed class AdapterUnlearningService(
     }
 
     private static readonly JsonSerializerOptions ManifestJson = new(JsonSerializerDefaults.Web) { WriteIndented = true };
+
+    /// <summary>The message without the worker's local work folder (failure events go to other systems).</summary>
+    public string ScrubPaths(string message)
+    {
+        string work = Path.TrimEndingDirectorySeparator(Path.GetFullPath(options.Value.WorkDirectory));
+        return message.Replace(work, "<work>", StringComparison.Ordinal);
+    }
 
     /// <summary>A failure event; the ids are echoed as received but cut to their maximum lengths (128 and 200
     /// characters), so an oversized hostile id never grows the event.</summary>
