@@ -18,7 +18,9 @@ public static class EngineBenchmark
     public sealed record Settings(int Samples, int Parameters, string DType, bool Curvature, string Directory,
         int[] Batches, string[] Solvers, string? NumpyScript, string Python);
 
-    public sealed record SolveFigure(string Solver, string Method, int Batch, double Seconds, int Iterations, double RelativeResidual);
+    /// <param name="PeakMemoryBytes">The process's peak resident memory after this solve (solvers run in the order given).</param>
+    public sealed record SolveFigure(string Solver, string Method, int Batch, double Seconds, int Iterations, double RelativeResidual,
+        long PeakMemoryBytes);
 
     public sealed record ColdFigure(string Name, double Seconds, long? PeakMemoryBytes, string? Note);
 
@@ -47,26 +49,12 @@ public static class EngineBenchmark
         double streaming = StreamingPass(cacheDir);
         log.WriteLine($"one streaming pass: {streaming:F2} s ({cacheBytes / 1e9 / streaming:F2} GB/s)");
 
-        var watchLoad = Stopwatch.StartNew();
-        using var engine = InfluenceEngine.Load(PeftAdapter.Open(adapterDir), GradientCache.Open(cacheDir), new ComputeOptions { Device = "auto" });
-        double load = watchLoad.Elapsed.TotalSeconds;
-        var watchGram = Stopwatch.StartNew();
-        engine.Warm(null, cancellation);
-        double gram = watchGram.Elapsed.TotalSeconds;
-        log.WriteLine($"warm-up: load {load:F2} s, Gram {gram:F2} s on {engine.DeviceName}");
-
-        var figures = new List<SolveFigure>();
-        var ids = engine.Cache.Ids;
-        foreach (var solver in s.Solvers)
-            foreach (var batch in s.Batches)
-            {
-                var edits = EditSet.Empty.Remove(ids.Take(batch));
-                var update = engine.Compute(edits, null, new SolverOptions { Solver = SolverOptions.ParseKind(solver) }, null, cancellation);
-                figures.Add(new SolveFigure(solver, update.Report.Method, batch, update.Report.Seconds, update.Report.Iterations, update.Report.RelativeResidual));
-                log.WriteLine($"warm {solver,-9} batch {batch,3}: {update.Report.Seconds:F3} s, {update.Report.Iterations} it, residual {update.Report.RelativeResidual:E1}");
-            }
-        long peak = ProcessMemory.PeakBytes();
-
+        // Cold runs first: each child process finds the machine as a user's fresh command would, not beside a
+        // warm benchmark process holding its memory and threads.
+        IReadOnlyList<string> ids;
+        IReadOnlyList<ParameterSpec> parameters;
+        using (var cache = GradientCache.Open(cacheDir))
+            (ids, parameters) = (cache.Ids, cache.Parameters);
         var cold = new List<ColdFigure>();
         var removeFile = Path.Combine(s.Directory, "remove.txt");
         await File.WriteAllLinesAsync(removeFile, ids.Take(8), cancellation);
@@ -90,8 +78,28 @@ public static class EngineBenchmark
             cold.Add(new ColdFigure("numpy + OpenBLAS (8 removals)", numpySeconds, doc.RootElement.GetProperty("peakMemoryBytes").GetInt64(),
                 doc.RootElement.GetProperty("blas").GetString()));
             log.WriteLine($"cold numpy baseline: {numpySeconds:F2} s");
-            difference = RelativeDifference(engine, ours, theirs);
+            difference = RelativeDifference(adapterDir, parameters, ours, theirs);
         }
+        var watchLoad = Stopwatch.StartNew();
+        using var engine = InfluenceEngine.Load(PeftAdapter.Open(adapterDir), GradientCache.Open(cacheDir), new ComputeOptions { Device = "auto" });
+        double load = watchLoad.Elapsed.TotalSeconds;
+        var watchGram = Stopwatch.StartNew();
+        engine.Warm(null, cancellation);
+        double gram = watchGram.Elapsed.TotalSeconds;
+        log.WriteLine($"warm-up: load {load:F2} s, Gram {gram:F2} s on {engine.DeviceName}");
+
+        var figures = new List<SolveFigure>();
+        foreach (var solver in s.Solvers)
+            foreach (var batch in s.Batches)
+            {
+                var edits = EditSet.Empty.Remove(ids.Take(batch));
+                var update = engine.Compute(edits, null, new SolverOptions { Solver = SolverOptions.ParseKind(solver) }, null, cancellation);
+                figures.Add(new SolveFigure(solver, update.Report.Method, batch, update.Report.Seconds, update.Report.Iterations,
+                    update.Report.RelativeResidual, ProcessMemory.PeakBytes()));
+                log.WriteLine($"warm {solver,-9} batch {batch,3}: {update.Report.Seconds:F3} s, {update.Report.Iterations} it, residual {update.Report.RelativeResidual:E1}");
+            }
+        long peak = ProcessMemory.PeakBytes();
+
         return new Report(s.Samples, s.Parameters, s.DType, s.Curvature, cacheBytes, torch.get_num_threads(), generateSeconds,
             streaming, load, gram, figures, peak, cold, difference);
     }
@@ -102,9 +110,9 @@ public static class EngineBenchmark
         o.WriteLine($"One streaming pass over the cache: {r.StreamingPassSeconds:F2} s ({r.CacheBytes / 1e9 / r.StreamingPassSeconds:F2} GB/s)");
         o.WriteLine($"Warm-up (once per adapter): load {r.LoadSeconds:F2} s, Gram {r.GramSeconds:F2} s");
         o.WriteLine();
-        o.WriteLine("Warm solve            batch   seconds   × pass   iterations   residual");
+        o.WriteLine("Warm solve                     batch   seconds   × pass   iterations   residual   peak so far (× cache)");
         foreach (var f in r.WarmSolves)
-            o.WriteLine($"  {f.Solver,-9} {f.Method,-18} {f.Batch,3} {f.Seconds,9:F3} {f.Seconds / r.StreamingPassSeconds,8:F2} {f.Iterations,12} {f.RelativeResidual,10:E1}");
+            o.WriteLine($"  {f.Solver,-9} {f.Method,-18} {f.Batch,3} {f.Seconds,9:F3} {f.Seconds / r.StreamingPassSeconds,8:F2} {f.Iterations,12} {f.RelativeResidual,10:E1}   {f.PeakMemoryBytes / 1e9,5:F2} GB ({(double)f.PeakMemoryBytes / r.CacheBytes:F2})");
         o.WriteLine();
         o.WriteLine($"Peak memory (warm process): {r.PeakMemoryBytes / 1e9:F2} GB = {(double)r.PeakMemoryBytes / r.CacheBytes:F2} × cache size on disk");
         o.WriteLine();
@@ -137,26 +145,29 @@ public static class EngineBenchmark
         int rowsPerChunk = (int)Math.Max(1, (32L << 20) / cache.ParameterCount);
         var chunks = cache.Chunks(rowsPerChunk).ToList();
         var matrices = cache.HasCurvature ? new[] { CacheMatrix.Gradients, CacheMatrix.Curvature } : [CacheMatrix.Gradients];
-        Parallel.ForEach(chunks.SelectMany(c => matrices.Select(m => (c.FirstRow, c.RowCount, m))),
-            new ParallelOptions { MaxDegreeOfParallelism = 2 },
-            () => new float[rowsPerChunk * cache.ParameterCount],
-            (work, _, buffer) =>
-            {
-                cache.ReadRows(work.m, work.FirstRow, work.RowCount, buffer.AsSpan(0, (int)(work.RowCount * cache.ParameterCount)));
-                return buffer;
-            }, _ => { });
+        var work = chunks.SelectMany(c => matrices.Select(m => (c.FirstRow, c.RowCount, Matrix: m))).ToArray();
+        int next = -1;
+        // Two readers with one buffer each (Parallel.ForEach's per-task buffers would inflate the peak memory figure).
+        var readers = Enumerable.Range(0, 2).Select(_ => Task.Run(() =>
+        {
+            var buffer = new float[rowsPerChunk * cache.ParameterCount];
+            for (int i = Interlocked.Increment(ref next); i < work.Length; i = Interlocked.Increment(ref next))
+                cache.ReadRows(work[i].Matrix, work[i].FirstRow, work[i].RowCount, buffer.AsSpan(0, (int)(work[i].RowCount * cache.ParameterCount)));
+        })).ToArray();
+        Task.WhenAll(readers).GetAwaiter().GetResult();
         return watch.Elapsed.TotalSeconds;
     }
 
-    private static double RelativeDifference(InfluenceEngine engine, string ours, string theirs)
+    private static double RelativeDifference(string baseAdapter, IReadOnlyList<ParameterSpec> parameters, string ours, string theirs)
     {
-        var a = PeftAdapter.Open(ours).ReadParameters(engine.Parameters);
-        var b = PeftAdapter.Open(theirs).ReadParameters(engine.Parameters);
+        var theta0 = PeftAdapter.Open(baseAdapter).ReadParameters(parameters);
+        var a = PeftAdapter.Open(ours).ReadParameters(parameters);
+        var b = PeftAdapter.Open(theirs).ReadParameters(parameters);
         double diff = 0, shift = 0;
         for (int i = 0; i < a.Length; i++)
         {
             diff += (a[i] - b[i]) * (a[i] - b[i]);
-            shift += (b[i] - engine.Theta0[i]) * (b[i] - engine.Theta0[i]);
+            shift += (b[i] - theta0[i]) * (b[i] - theta0[i]);
         }
         return Math.Sqrt(diff / shift);
     }

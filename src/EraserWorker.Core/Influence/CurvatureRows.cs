@@ -57,11 +57,16 @@ internal sealed class CurvatureRows : IDisposable
                 chunks.Add((first, (int)Math.Min(rowsPerChunk, n - first)));
             long done = 0;
             bool direct = device.type == DeviceType.CPU && dtype == ScalarType.Float32;
-            // Two readers overlap file reads and dtype conversion (both run in GradientCache.ReadRows).
-            Parallel.ForEach(chunks, new ParallelOptions { MaxDegreeOfParallelism = 2, CancellationToken = cancellation },
-                () => direct ? [] : new float[rowsPerChunk * p],
-                (chunk, _, buffer) =>
+            int next = -1;
+            // Two readers overlap file reads and dtype conversion (both run in GradientCache.ReadRows); each owns
+            // one staging buffer at most, so the peak stays at the rows plus two chunks.
+            var readers = Enumerable.Range(0, 2).Select(_ => Task.Run(() =>
+            {
+                var buffer = direct ? [] : new float[rowsPerChunk * p];
+                for (int i = Interlocked.Increment(ref next); i < chunks.Count; i = Interlocked.Increment(ref next))
                 {
+                    cancellation.ThrowIfCancellationRequested();
+                    var chunk = chunks[i];
                     if (direct)
                     {
                         // Read straight into the tensor's memory: no staging copy.
@@ -77,9 +82,10 @@ internal sealed class CurvatureRows : IDisposable
                         rows.narrow(0, chunk.First, chunk.Count).copy_(staged.to(dtype, device));
                     }
                     progress?.Report(new EngineProgress("load", Interlocked.Add(ref done, chunk.Count), n));
-                    return buffer;
-                },
-                _ => { });
+                }
+            }, cancellation)).ToArray();
+            // WhenAll(...).GetResult() rethrows the first failure itself (e.g. a non-finite row), not an AggregateException.
+            Task.WhenAll(readers).GetAwaiter().GetResult();
 
             rowSquares = torch.empty(n, dtype: ScalarType.Float64, device: device).DetachFromDisposeScope();
             foreach (var (first, count) in chunks)
