@@ -20,7 +20,14 @@ internal sealed class EditedProblem
         Lambda = lambda;
         Damping = damping;
         ActiveIndices = keep.nonzero().flatten();
+        _precise = PreciseProducts.Supports(rows.Rows);
+        KeepValues = _precise ? keep.data<double>().ToArray() : [];
     }
+
+    private readonly bool _precise;
+
+    /// <summary><see cref="Keep"/> as an array, for the CPU kernels.</summary>
+    private double[] KeepValues { get; }
 
     public CurvatureRows Rows { get; }
 
@@ -48,27 +55,33 @@ internal sealed class EditedProblem
 
     public long Parameters => Rows.Parameters;
 
-    /// <summary>D_A v, returned in the full layout: n entries (zeros at excluded rows) then m' entries.</summary>
+    /// <summary>D_A v, returned in the full layout: n entries (zeros at excluded rows) then m' entries. On CPU float32
+    /// rows the products and sums are float64 (PreciseProducts), which is also faster there than BLAS gemv.</summary>
     public Tensor Forward(Tensor v)
     {
-        var vc = v.to(Rows.DType);
-        var active = Rows.Rows.mv(vc).to(ScalarType.Float64) * Keep;
-        return ReplacementRows is null ? active : torch.cat([active, ReplacementRows.mv(vc).to(ScalarType.Float64)]);
+        Tensor active;
+        if (_precise)
+            active = torch.tensor(PreciseProducts.Project(Rows.Rows, KeepValues, v.cpu().data<double>().ToArray()), device: v.device);
+        else
+            active = Rows.Rows.mv(v.to(Rows.DType)).to(ScalarType.Float64) * Keep;
+        return ReplacementRows is null ? active : torch.cat([active, ReplacementRows.to(ScalarType.Float64).mv(v)]);
     }
 
     /// <summary>D_Aᵀ y for y in the full layout of <see cref="Forward"/>.</summary>
     public Tensor Backward(Tensor y)
     {
         long n = Rows.Count;
-        var ya = (y.narrow(0, 0, n) * Keep).to(Rows.DType);
-        var result = Rows.Rows.t().mv(ya).to(ScalarType.Float64);
+        var ya = y.narrow(0, 0, n) * Keep;
+        var result = _precise
+            ? torch.tensor(PreciseProducts.Combine(Rows.Rows, ya.cpu().data<double>().ToArray()), device: y.device)
+            : Rows.Rows.t().mv(ya.to(Rows.DType)).to(ScalarType.Float64);
         if (ReplacementRows is not null)
-            result += ReplacementRows.t().mv(y.narrow(0, n, ReplacementCount).to(Rows.DType)).to(ScalarType.Float64);
+            result += ReplacementRows.to(ScalarType.Float64).t().mv(y.narrow(0, n, ReplacementCount));
         return result;
     }
 
-    /// <summary>H'v = D_Aᵀ D_A v + λv.</summary>
-    public Tensor Hessian(Tensor v) => Backward(Forward(v)) + Lambda * v;
+    /// <summary>H'v = D_Aᵀ D_A v + λv (one fused pass over the rows where the precise kernels apply).</summary>
+    public Tensor Hessian(Tensor v) => _precise ? HessianPrecise(v) : Backward(Forward(v)) + Lambda * v;
 
     /// <summary>
     /// H'v with every product in float64, one pass over the rows (each block upcast once and used for both
@@ -81,7 +94,7 @@ internal sealed class EditedProblem
             return Hessian(v);
         if (PreciseProducts.Supports(Rows.Rows))
         {
-            var dataTerm = PreciseProducts.DataTerm(Rows.Rows, Keep.data<double>().ToArray(), v.cpu().data<double>().ToArray());
+            var dataTerm = PreciseProducts.DataTerm(Rows.Rows, KeepValues, v.cpu().data<double>().ToArray());
             var precise = torch.tensor(dataTerm, device: v.device) + Lambda * v;
             if (ReplacementRows is not null)
             {

@@ -65,6 +65,86 @@ internal static class PreciseProducts
         return result;
     }
 
+    /// <summary>u = C v with float64 products and sums (one dot product per row), scaled by <paramref name="keep"/>.</summary>
+    public static double[] Project(Tensor rows, double[] keep, double[] v)
+    {
+        int n = (int)rows.shape[0], p = (int)rows.shape[1];
+        var result = new double[n];
+        ForEachBlock(rows, (start, count, values) =>
+        {
+            int i = 0;
+            for (; i + 4 <= count; i += 4)
+            {
+                var (d0, d1, d2, d3) = Dot4(values.Slice(i * p, p), values.Slice((i + 1) * p, p),
+                    values.Slice((i + 2) * p, p), values.Slice((i + 3) * p, p), v);
+                result[start + i] = keep[start + i] * d0;
+                result[start + i + 1] = keep[start + i + 1] * d1;
+                result[start + i + 2] = keep[start + i + 2] * d2;
+                result[start + i + 3] = keep[start + i + 3] * d3;
+            }
+            for (; i < count; i++)
+                result[start + i] = keep[start + i] * Dot(values.Slice(i * p, p), v);
+        });
+        return result;
+    }
+
+    /// <summary>Cᵀy = Σᵢ yᵢcᵢ with float64 products and sums.</summary>
+    public static double[] Combine(Tensor rows, double[] y)
+    {
+        int p = (int)rows.shape[1];
+        var partial = new System.Collections.Concurrent.ConcurrentBag<double[]>();
+        ForEachPartition(rows, (first, last) =>
+        {
+            var acc = new double[p];
+            ForEachBlockIn(rows, first, last, (start, count, values) =>
+            {
+                int i = 0;
+                for (; i + 4 <= count; i += 4)
+                    Axpy4(acc, y[start + i], values.Slice(i * p, p), y[start + i + 1], values.Slice((i + 1) * p, p),
+                        y[start + i + 2], values.Slice((i + 2) * p, p), y[start + i + 3], values.Slice((i + 3) * p, p));
+                for (; i < count; i++)
+                    if (y[start + i] != 0)
+                        Axpy(acc, y[start + i], values.Slice(i * p, p));
+            });
+            partial.Add(acc);
+        });
+        return Sum(partial.ToArray(), p);
+    }
+
+    private delegate void BlockAction(int start, int count, ReadOnlySpan<float> values);
+
+    /// <summary>Splits the rows among the cores and visits each part in blocks below 1 GiB (spans stay in int range).</summary>
+    private static void ForEachBlock(Tensor rows, BlockAction action) =>
+        ForEachPartition(rows, (first, last) => ForEachBlockIn(rows, first, last, action));
+
+    private static void ForEachPartition(Tensor rows, Action<int, int> action)
+    {
+        int n = (int)rows.shape[0];
+        int workers = Math.Max(1, Math.Min(Environment.ProcessorCount, n));
+        Parallel.For(0, workers, w => action((int)((long)n * w / workers), (int)((long)n * (w + 1) / workers)));
+    }
+
+    private static void ForEachBlockIn(Tensor rows, int first, int last, BlockAction action)
+    {
+        int p = (int)rows.shape[1];
+        int blockRows = Math.Max(1, (int)((1L << 30) / 4 / Math.Max(1, p)));
+        for (int start = first; start < last; start += blockRows)
+        {
+            int count = Math.Min(blockRows, last - start);
+            using var block = rows.narrow(0, start, count);
+            action(start, count, MemoryMarshal.Cast<byte, float>(block.bytes));
+        }
+    }
+
+    private static double[] Sum(double[][] parts, int p)
+    {
+        var result = parts[0];
+        for (int w = 1; w < parts.Length; w++)
+            for (int j = 0; j < p; j++)
+                result[j] += parts[w][j];
+        return result;
+    }
+
     private static (double, double, double, double) Dot4(ReadOnlySpan<float> r0, ReadOnlySpan<float> r1, ReadOnlySpan<float> r2,
         ReadOnlySpan<float> r3, ReadOnlySpan<double> v)
     {

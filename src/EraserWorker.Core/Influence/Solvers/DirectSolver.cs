@@ -28,19 +28,23 @@ internal sealed class DirectSolver : ISolver
         bool parameterSpace = UsesParameterSpace(problem);
         Func<Tensor, Tensor> applyInverse = parameterSpace ? ParameterSpace(problem, context) : Woodbury(problem, context);
 
-        // Mixed-precision iterative refinement: float64 residuals, corrections through the same factor.
+        // Iterative refinement. The first residual is computed with float64 products (one precise pass); after that
+        // r ← r − H'd with the working product (float64 sums on CPU, float32 elsewhere): d is a small correction, so
+        // that product's rounding, relative to ‖d‖, stays far below the residual itself (the classic refinement argument).
         var x = applyInverse(problem.B);
+        var residual = problem.Residual(x);
         double bNorm = problem.B.norm().item<double>();
         int refinements = 0;
         double relative;
         while (true)
         {
-            var residual = problem.Residual(x);
             double rNorm = residual.norm().item<double>();
             relative = bNorm == 0 ? rNorm : rNorm / bNorm;
             if (relative <= context.Tolerance || refinements == MaxRefinements)
                 break;
-            x = x + applyInverse(residual);
+            var correction = applyInverse(residual);
+            x = x + correction;
+            residual = residual - problem.Hessian(correction);
             refinements++;
         }
         return new SolveOutcome(x, 1 + refinements, parameterSpace ? "parameter-space" : "woodbury", relative);
