@@ -1,3 +1,4 @@
+using EraserWorker.Core.Tests.TestSupport;
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json;
@@ -154,101 +155,20 @@ public sealed class RidgeOracle
     private double[] DyadicVector() => Enumerable.Range(0, P).Select(_ => _random.Next(-8, 9) / 4.0).ToArray();
 
     // ------------------------------------------------------------------------- independent arithmetic and files
+    // Shared with the core tests (linked from tests/EraserWorker.Core.Tests/TestSupport): plain double-precision
+    // Cholesky and a minimal safetensors reader/writer, both separate from the code under test.
 
-    public static double[] SolveSpd(double[,] a, double[] b)
-    {
-        int n = b.Length;
-        var l = new double[n, n];
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j <= i; j++)
-            {
-                double sum = a[i, j];
-                for (int k = 0; k < j; k++)
-                    sum -= l[i, k] * l[j, k];
-                if (i == j)
-                {
-                    if (sum <= 0)
-                        throw new InvalidOperationException("matrix not positive definite");
-                    l[i, i] = Math.Sqrt(sum);
-                }
-                else
-                {
-                    l[i, j] = sum / l[j, j];
-                }
-            }
-        var y = new double[n];
-        for (int i = 0; i < n; i++)
-        {
-            double sum = b[i];
-            for (int k = 0; k < i; k++)
-                sum -= l[i, k] * y[k];
-            y[i] = sum / l[i, i];
-        }
-        var x = new double[n];
-        for (int i = n - 1; i >= 0; i--)
-        {
-            double sum = y[i];
-            for (int k = i + 1; k < n; k++)
-                sum -= l[k, i] * x[k];
-            x[i] = sum / l[i, i];
-        }
-        return x;
-    }
+    public static double[] SolveSpd(double[,] a, double[] b) => DenseLinearAlgebra.SolveSpd(a, b);
 
-    public static double Dot(double[] a, double[] b)
-    {
-        double s = 0;
-        for (int i = 0; i < a.Length; i++)
-            s += a[i] * b[i];
-        return s;
-    }
+    public static double Dot(double[] a, double[] b) => DenseLinearAlgebra.Dot(a, b);
 
-    public static double Norm(double[] a) => Math.Sqrt(Dot(a, a));
+    public static double Norm(double[] a) => DenseLinearAlgebra.Norm(a);
 
-    public static double[] Subtract(double[] a, double[] b) => a.Select((v, i) => v - b[i]).ToArray();
+    public static double[] Subtract(double[] a, double[] b) => DenseLinearAlgebra.Subtract(a, b);
 
-    /// <summary>A minimal safetensors writer (F32 only), separate from the code under test.</summary>
-    private static void WriteSafetensors(string path, IReadOnlyList<(string Name, long[] Shape, double[] Values)> tensors)
-    {
-        var header = new JsonObject { ["__metadata__"] = new JsonObject { ["format"] = "pt" } };
-        long offset = 0;
-        foreach (var (name, shape, values) in tensors)
-        {
-            header[name] = new JsonObject
-            {
-                ["dtype"] = "F32",
-                ["shape"] = new JsonArray(shape.Select(s => (JsonNode?)s).ToArray()),
-                ["data_offsets"] = new JsonArray(offset, offset + 4L * values.Length),
-            };
-            offset += 4L * values.Length;
-        }
-        var json = Encoding.UTF8.GetBytes(header.ToJsonString());
-        int padded = (json.Length + 7) / 8 * 8;
-        using var file = File.Create(path);
-        Span<byte> length = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)padded);
-        file.Write(length);
-        file.Write(json);
-        for (int i = json.Length; i < padded; i++)
-            file.WriteByte((byte)' ');
-        foreach (var (_, _, values) in tensors)
-            foreach (var v in values)
-                file.Write(BitConverter.GetBytes((float)v));
-    }
+    private static void WriteSafetensors(string path, IReadOnlyList<(string Name, long[] Shape, double[] Values)> tensors) =>
+        IndependentSafetensors.Write(path, tensors.Select(t => IndependentSafetensors.F32(t.Name, t.Shape, t.Values)).ToList(),
+            new Dictionary<string, string> { ["format"] = "pt" });
 
-    /// <summary>Reads one F32 tensor's values (a minimal parser, separate from the code under test).</summary>
-    public static double[] ReadF32(string path, string name)
-    {
-        var bytes = File.ReadAllBytes(path);
-        long headerLength = (long)BinaryPrimitives.ReadUInt64LittleEndian(bytes);
-        using var doc = JsonDocument.Parse(bytes.AsMemory(8, (int)headerLength));
-        var entry = doc.RootElement.GetProperty(name);
-        Assert.Equal("F32", entry.GetProperty("dtype").GetString());
-        var offsets = entry.GetProperty("data_offsets");
-        long begin = 8 + headerLength + offsets[0].GetInt64(), end = 8 + headerLength + offsets[1].GetInt64();
-        var values = new double[(end - begin) / 4];
-        for (int i = 0; i < values.Length; i++)
-            values[i] = BitConverter.ToSingle(bytes, (int)(begin + 4 * i));
-        return values;
-    }
+    public static double[] ReadF32(string path, string name) => IndependentSafetensors.ReadF32(path, name);
 }
