@@ -21,10 +21,11 @@ public static class BenchCommand
         var numpy = new Option<string?>("--numpy") { Description = "Path of bench/numpy_unlearn.py to run the numpy + OpenBLAS baseline side by side (default: found in the repository; 'none' to skip)." };
         var python = new Option<string>("--python") { Description = "Python interpreter for the baseline.", DefaultValueFactory = _ => "/usr/bin/python3" };
         var json = new Option<bool>("--json") { Description = "Print the figures as JSON." };
+        var coldRuns = new Option<int>("--cold-runs") { Description = "Alternating cold runs of eraser and numpy (the median is reported).", DefaultValueFactory = _ => 3 };
 
         var engine = new Command("engine", "Streaming pass, warm solves per solver and batch size, peak memory, and cold `eraser unlearn` vs numpy.")
         {
-            samples, parameters, dtype, noCurvature, directory, batches, solvers, numpy, python, json,
+            samples, parameters, dtype, noCurvature, directory, batches, solvers, numpy, python, json, coldRuns,
         };
         engine.SetAction((parse, cancellation) => CliErrors.RunAsync(async () =>
         {
@@ -33,7 +34,7 @@ public static class BenchCommand
                 parse.GetValue(directory)!,
                 parse.GetValue(batches)!.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray(),
                 parse.GetValue(solvers)!.Split(',', StringSplitOptions.RemoveEmptyEntries),
-                ResolveNumpyScript(parse.GetValue(numpy)), parse.GetValue(python)!);
+                ResolveNumpyScript(parse.GetValue(numpy)), parse.GetValue(python)!, Math.Max(1, parse.GetValue(coldRuns)));
             var report = await EngineBenchmark.RunAsync(settings, Console.Error, cancellation);
             if (parse.GetValue(json))
                 Console.Out.WriteLine(JsonSerializer.Serialize(report, CliJson.Options));
