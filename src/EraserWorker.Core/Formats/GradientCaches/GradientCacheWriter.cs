@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json.Nodes;
 using EraserWorker.Core.Formats.Safetensors;
@@ -124,22 +125,27 @@ public sealed class GradientCacheWriter : IDisposable
     /// <param name="curvature">cᵢ: P values if the cache has curvature, else empty.</param>
     /// <exception cref="ArgumentException">Invalid id, duplicate id, wrong length or a non-finite / overflowing value;
     /// nothing is written and the writer stays usable.</exception>
-    public void Append(string id, ReadOnlySpan<float> gradient, ReadOnlySpan<float> curvature = default)
+    public void Append(string id, ReadOnlySpan<float> gradient, ReadOnlySpan<float> curvature = default) =>
+        AppendRow(id, gradient, curvature);
+
+    /// <inheritdoc cref="Append(string, ReadOnlySpan{float}, ReadOnlySpan{float})"/>
+    /// <remarks>Values are rounded once, directly from double precision, to the storage dtype.</remarks>
+    public void Append(string id, ReadOnlySpan<double> gradient, ReadOnlySpan<double> curvature = default) =>
+        AppendRow(id, gradient, curvature);
+
+    /// <summary>One path for both precisions: T is float or double (the public overloads guarantee it).</summary>
+    private void AppendRow<T>(string id, ReadOnlySpan<T> gradient, ReadOnlySpan<T> curvature) where T : unmanaged
     {
         CheckRow(id, gradient.Length, curvature.Length);
-        int bad = DTypeConversion.IndexOfNotRepresentable(StorageDType, gradient);
-        CheckValues(id, "gradient", bad, bad >= 0 ? gradient[bad] : 0);
+        CheckRepresentable(id, "gradient", gradient);
         if (HasCurvature)
-        {
-            bad = DTypeConversion.IndexOfNotRepresentable(StorageDType, curvature);
-            CheckValues(id, "curvature", bad, bad >= 0 ? curvature[bad] : 0);
-        }
+            CheckRepresentable(id, "curvature", curvature);
         var shard = PrepareShard();
         try
         {
-            Encode(shard.Gradients, gradient);
+            EncodeRow(shard.Gradients, gradient);
             if (HasCurvature)
-                Encode(shard.Curvature!, curvature);
+                EncodeRow(shard.Curvature!, curvature);
         }
         catch
         {
@@ -149,31 +155,28 @@ public sealed class GradientCacheWriter : IDisposable
         Commit(shard, id);
     }
 
-    /// <inheritdoc cref="Append(string, ReadOnlySpan{float}, ReadOnlySpan{float})"/>
-    /// <remarks>Values are rounded once, directly from double precision, to the storage dtype.</remarks>
-    public void Append(string id, ReadOnlySpan<double> gradient, ReadOnlySpan<double> curvature = default)
+    private void CheckRepresentable<T>(string id, string what, ReadOnlySpan<T> values) where T : unmanaged
     {
-        CheckRow(id, gradient.Length, curvature.Length);
-        int bad = DTypeConversion.IndexOfNotRepresentable(StorageDType, gradient);
-        CheckValues(id, "gradient", bad, bad >= 0 ? gradient[bad] : 0);
-        if (HasCurvature)
+        if (typeof(T) == typeof(float))
         {
-            bad = DTypeConversion.IndexOfNotRepresentable(StorageDType, curvature);
-            CheckValues(id, "curvature", bad, bad >= 0 ? curvature[bad] : 0);
+            var floats = MemoryMarshal.Cast<T, float>(values);
+            int bad = DTypeConversion.IndexOfNotRepresentable(StorageDType, floats);
+            CheckValues(id, what, bad, bad >= 0 ? floats[bad] : 0);
         }
-        var shard = PrepareShard();
-        try
+        else
         {
-            Encode(shard.Gradients, gradient);
-            if (HasCurvature)
-                Encode(shard.Curvature!, curvature);
+            var doubles = MemoryMarshal.Cast<T, double>(values);
+            int bad = DTypeConversion.IndexOfNotRepresentable(StorageDType, doubles);
+            CheckValues(id, what, bad, bad >= 0 ? doubles[bad] : 0);
         }
-        catch
-        {
-            _state = State.Faulted;
-            throw;
-        }
-        Commit(shard, id);
+    }
+
+    private void EncodeRow<T>(RegionWriter region, ReadOnlySpan<T> values) where T : unmanaged
+    {
+        if (typeof(T) == typeof(float))
+            Encode(region, MemoryMarshal.Cast<T, float>(values));
+        else
+            Encode(region, MemoryMarshal.Cast<T, double>(values));
     }
 
     /// <summary>Finishes the last shard, writes <c>cache.json</c> and renames the temporary folder to
