@@ -180,16 +180,7 @@ public sealed class MidWriteFailureTests(ITestOutputHelper output) : IDisposable
         builder.Logging.AddProvider(new TestOutputLoggerProvider(output));
         builder.Services.AddSingleton(blobs);
         builder.AddEraserWorker();
-        builder.Services.AddMassTransitTestHarness(x =>
-        {
-            x.SetTestTimeouts(testTimeout: TimeSpan.FromMinutes(2), testInactivityTimeout: TimeSpan.FromSeconds(30));
-            x.AddConsumer<UnlearningRequestedConsumer, UnlearningRequestedConsumerDefinition>();
-            x.UsingInMemory((context, cfg) =>
-            {
-                MessagingExtensions.ConfigureTopology(cfg);
-                cfg.ConfigureEndpoints(context);
-            });
-        });
+        builder.Services.AddWorkerTestHarness();
         var app = builder.Build();
         app.MapEraserEndpoints();
         await app.StartAsync();

@@ -69,16 +69,7 @@ public sealed class InMemoryWorkerTests(ITestOutputHelper output) : IDisposable
         builder.AddEraserWorker();
         if (harness)
         {
-            builder.Services.AddMassTransitTestHarness(x =>
-            {
-                x.SetTestTimeouts(testTimeout: TimeSpan.FromMinutes(2), testInactivityTimeout: TimeSpan.FromSeconds(30));
-                x.AddConsumer<UnlearningRequestedConsumer, UnlearningRequestedConsumerDefinition>();
-                x.UsingInMemory((context, cfg) =>
-                {
-                    MessagingExtensions.ConfigureTopology(cfg);
-                    cfg.ConfigureEndpoints(context);
-                });
-            });
+            builder.Services.AddWorkerTestHarness();
         }
         var app = builder.Build();
         app.MapEraserEndpoints();
