@@ -15,6 +15,7 @@ public static class EraserCommandLine
         root.Subcommands.Add(ModelTrainCommand.Create());
         root.Subcommands.Add(ModelEvalCommand.Create());
         ModelBenchCommand.AddTo(root);
+        root.Subcommands.Add(ExperimentCommand.Create());
         return root;
     }
 }

@@ -8,10 +8,12 @@ public static class UnlearningTasks
     /// <summary>Instance removal: the samples are removed from the training set.</summary>
     public const string Remove = "remove";
 
-    /// <summary>Query modification: the samples' prompts are replaced (rows from <c>replacementsUri</c>).</summary>
+    /// <summary>Query modification: the samples' prompts are replaced (rows from <c>replacementsUri</c>, or computed from
+    /// text <c>replacements</c>).</summary>
     public const string ModifyQuery = "modifyQuery";
 
-    /// <summary>Response correction: the samples' responses are replaced (rows from <c>replacementsUri</c>).</summary>
+    /// <summary>Response correction: the samples' responses are replaced (rows from <c>replacementsUri</c>, or computed
+    /// from text <c>replacements</c>).</summary>
     public const string CorrectResponse = "correctResponse";
 
     /// <summary>Every task, in the order of the SPEC.</summary>
@@ -31,7 +33,9 @@ public static class UnlearningTasks
 public static class FailureCodes
 {
     /// <summary>The message is malformed or breaks a rule of its schema / <see cref="RequestValidation"/>
-    /// (bad ids, unknown task, empty or too many sample ids, replacementsUri missing or not for this adapter).</summary>
+    /// (bad ids, unknown task, empty or too many sample ids, replacementsUri missing or not for this adapter), or its
+    /// text <c>replacements</c> cannot be used (the adapter is not registered with a model and tokenizer, or a text does
+    /// not tokenise into a usable sample).</summary>
     public const string InvalidRequest = "InvalidRequest";
 
     /// <summary>No adapter with this id is registered in the store.</summary>
@@ -88,21 +92,40 @@ public static class ExchangeNames
 
 /// <summary>
 /// Inbound request (exchange <c>eraser.unlearning-requested</c>). Wire form, camelCase:
-/// <c>{requestId, adapterId, task, sampleIds, replacementsUri?}</c>. Check it with
+/// <c>{requestId, adapterId, task, sampleIds, replacementsUri?, replacements?}</c>. Check it with
 /// <see cref="RequestValidation.Validate"/>; schema: <c>schemas/unlearning-requested.schema.json</c>.
 /// </summary>
 /// <param name="RequestId">Idempotency key: 1–128 printable ASCII characters, no leading/trailing space.</param>
 /// <param name="AdapterId">Hierarchical adapter id (<see cref="RequestValidation.AdapterIdPattern"/>).</param>
 /// <param name="Task">One of <see cref="UnlearningTasks"/>.</param>
 /// <param name="SampleIds">The training samples to remove or replace; at least one.</param>
-/// <param name="ReplacementsUri">For <c>modifyQuery</c>/<c>correctResponse</c> (required there, absent for
-/// <c>remove</c>): the replacement set in the store, <c>eraser:adapters/&lt;adapterId&gt;/replacements/&lt;name&gt;</c>.</param>
+/// <param name="ReplacementsUri">For <c>modifyQuery</c>/<c>correctResponse</c> (absent for <c>remove</c>): the
+/// replacement set in the store, <c>eraser:adapters/&lt;adapterId&gt;/replacements/&lt;name&gt;</c>. Exactly one of
+/// <paramref name="ReplacementsUri"/> and <paramref name="Replacements"/> is given for those tasks.</param>
+/// <param name="Replacements">Extension (README, "Messages"): for <c>modifyQuery</c>/<c>correctResponse</c> on an adapter
+/// registered with its base model and tokenizer, the corrected samples as text, one per sample id (the ids are exactly
+/// <paramref name="SampleIds"/>); the worker computes their replacement rows itself. Absent for <c>remove</c>.</param>
 public sealed record UnlearningRequested(
     string RequestId,
     string AdapterId,
     string Task,
     IReadOnlyList<string> SampleIds,
-    string? ReplacementsUri = null);
+    string? ReplacementsUri = null,
+    IReadOnlyList<TextReplacement>? Replacements = null);
+
+/// <summary>
+/// A corrected training sample as text (an element of <see cref="UnlearningRequested.Replacements"/>): the new prompt
+/// (<c>modifyQuery</c>) or the new response (<c>correctResponse</c>) together with the other, unchanged part. The
+/// worker tokenises it with the adapter's registered tokenizer exactly as training data is tokenised
+/// (<c>[BOS] + prompt</c>, <c>response + [EOS]</c>) and takes the gradient of the mean response-token cross-entropy.
+/// </summary>
+/// <param name="Id">The training sample it replaces (one of the request's <c>sampleIds</c>).</param>
+/// <param name="Prompt">The prompt text (may be empty when the tokenizer adds a BOS token).</param>
+/// <param name="Response">The response text; not empty.</param>
+public sealed record TextReplacement(
+    string Id,
+    string Prompt,
+    string Response);
 
 /// <summary>
 /// Outbound completion (exchange <c>eraser.unlearning-completed</c>): the request is applied in

@@ -20,6 +20,10 @@ public static partial class RequestValidation
     /// <summary>Maximum length of a sample id, in Unicode code points.</summary>
     public const int MaxSampleIdLength = 256;
 
+    /// <summary>Default of the most characters (UTF-16 code units) that the prompts and responses of one request's text
+    /// <c>replacements</c> may hold together (the worker's <c>Eraser:Worker:MaxReplacementTextLength</c>).</summary>
+    public const int DefaultMaxReplacementTextLength = 1 << 20;
+
     /// <summary>Maximum length of a replacement-set name.</summary>
     public const int MaxReplacementNameLength = 128;
 
@@ -139,12 +143,16 @@ public static partial class RequestValidation
     /// <summary>
     /// Checks a request against every rule of <c>unlearning-requested.schema.json</c> plus the cross-field
     /// rules a schema cannot express (the replacements URI must name the request's own adapter; at most
-    /// <paramref name="maxSampleIds"/> sample ids). Sample ids must be distinct (<c>uniqueItems</c>). Returns the problems, empty when the request is valid.
+    /// <paramref name="maxSampleIds"/> sample ids; the ids of text <c>replacements</c> are exactly the sample ids, each
+    /// once; their texts hold at most <paramref name="maxReplacementTextLength"/> characters together). Sample ids must
+    /// be distinct (<c>uniqueItems</c>). Returns the problems, empty when the request is valid.
     /// Values are quoted only when valid-length, so a problem text never grows with a hostile input.
     /// </summary>
-    public static IReadOnlyList<string> Validate(UnlearningRequested? request, int maxSampleIds)
+    public static IReadOnlyList<string> Validate(UnlearningRequested? request, int maxSampleIds,
+        int maxReplacementTextLength = DefaultMaxReplacementTextLength)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxSampleIds, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxReplacementTextLength, 1);
         var problems = new List<string>();
         if (request is null)
         {
@@ -189,13 +197,20 @@ public static partial class RequestValidation
 
         if (UnlearningTasks.NeedsReplacements(request.Task))
         {
-            if (request.ReplacementsUri is null)
-                problems.Add($"replacementsUri is required for task '{request.Task}'.");
+            if (request.ReplacementsUri is null && request.Replacements is null)
+                problems.Add($"replacementsUri is required for task '{request.Task}'. For an adapter registered with its model, text replacements may be given instead.");
+            else if (request.ReplacementsUri is not null && request.Replacements is not null)
+                problems.Add("Give either replacementsUri or replacements, not both.");
         }
-        else if (request.Task == UnlearningTasks.Remove && request.ReplacementsUri is not null)
+        else if (request.Task == UnlearningTasks.Remove)
         {
-            problems.Add("replacementsUri must be absent for task 'remove'.");
+            if (request.ReplacementsUri is not null)
+                problems.Add("replacementsUri must be absent for task 'remove'.");
+            if (request.Replacements is not null)
+                problems.Add("replacements must be absent for task 'remove'.");
         }
+        if (request.Replacements is not null)
+            CheckReplacements(request.Replacements, sampleIds, maxSampleIds, maxReplacementTextLength, problems);
         if (request.ReplacementsUri is not null)
         {
             if (!TryParseReplacementsUri(request.ReplacementsUri, out string uriAdapter, out _))
@@ -204,6 +219,58 @@ public static partial class RequestValidation
                 problems.Add($"replacementsUri names adapter '{uriAdapter}', not the request's adapter '{request.AdapterId}'.");
         }
         return problems;
+    }
+
+    /// <summary>The rules of text <c>replacements</c>: one valid entry per sample id (same set, no repeats), texts
+    /// present, responses not empty, the texts' total length bounded.</summary>
+    private static void CheckReplacements(IReadOnlyList<TextReplacement?> replacements, IReadOnlyList<string>? sampleIds,
+        int maxSampleIds, int maxTextLength, List<string> problems)
+    {
+        if (replacements.Count == 0)
+        {
+            problems.Add("replacements must contain at least one sample.");
+            return;
+        }
+        if (replacements.Count > maxSampleIds)
+        {
+            problems.Add($"replacements has {replacements.Count} samples; at most {maxSampleIds} are accepted per request.");
+            return;
+        }
+        int bad = 0;
+        long characters = 0;
+        for (int i = 0; i < replacements.Count; i++)
+        {
+            var r = replacements[i];
+            string? problem = r is null ? $"replacements[{i}] is missing (null)."
+                : !IsValidSampleId(r.Id) ? $"replacements[{i}].id {Show(r.Id)} is invalid: expected 1–{MaxSampleIdLength} characters without line breaks."
+                : r.Prompt is null ? $"replacements[{i}].prompt is missing: expected a string (empty when only the response changes and the tokenizer adds BOS)."
+                : string.IsNullOrEmpty(r.Response) ? $"replacements[{i}].response must be a non-empty string."
+                : null;
+            if (r is not null)
+                characters += (r.Prompt?.Length ?? 0) + (r.Response?.Length ?? 0);
+            if (problem is not null && ++bad <= 5)
+                problems.Add(problem);
+        }
+        if (bad > 5)
+            problems.Add($"replacements: {bad - 5} more invalid entries.");
+        if (characters > maxTextLength)
+            problems.Add($"replacements hold {characters} characters of text; at most {maxTextLength} are accepted per request.");
+        if (bad > 0)
+            return;
+        var ids = replacements.Select(r => r!.Id).ToList();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var repeated = ids.Where(id => !seen.Add(id)).Distinct(StringComparer.Ordinal).ToList();
+        if (repeated.Count > 0)
+            problems.Add($"replacements names {string.Join(", ", repeated.Take(5).Select(Show))}{(repeated.Count > 5 ? $" and {repeated.Count - 5} more" : "")} more than once.");
+        if (sampleIds is null || sampleIds.Count == 0 || sampleIds.Count > maxSampleIds || !sampleIds.All(IsValidSampleId))
+            return; // already reported
+        var wanted = sampleIds.ToHashSet(StringComparer.Ordinal);
+        var withoutText = wanted.Where(id => !seen.Contains(id)).ToList();
+        var notRequested = seen.Where(id => !wanted.Contains(id)).ToList();
+        if (withoutText.Count > 0)
+            problems.Add($"replacements has no sample for sampleIds {string.Join(", ", withoutText.Take(5).Select(Show))}{(withoutText.Count > 5 ? $" and {withoutText.Count - 5} more" : "")}: its ids must be exactly the sampleIds.");
+        if (notRequested.Count > 0)
+            problems.Add($"replacements names {string.Join(", ", notRequested.Take(5).Select(Show))}{(notRequested.Count > 5 ? $" and {notRequested.Count - 5} more" : "")}, not in sampleIds: its ids must be exactly the sampleIds.");
     }
 
     private static string Show(string? value)

@@ -147,22 +147,22 @@ public sealed class LlamaModel : IDisposable
             var q = Linear(i, LoraTarget.QProj, x, lora).view(batch, tokens, heads, hd).transpose(1, 2);
             var k = Linear(i, LoraTarget.KProj, x, lora).view(batch, tokens, kvHeads, hd).transpose(1, 2);
             var v = Linear(i, LoraTarget.VProj, x, lora).view(batch, tokens, kvHeads, hd).transpose(1, 2);
-            q = q * cos + RotateHalf(q) * sin;
-            k = k * cos + RotateHalf(k) * sin;
+            q = (q * cos).Plus(RotateHalf(q) * sin);
+            k = (k * cos).Plus(RotateHalf(k) * sin);
             if (groups > 1)
             {
                 k = k.unsqueeze(2).expand(batch, kvHeads, groups, tokens, hd).reshape(batch, heads, tokens, hd);
                 v = v.unsqueeze(2).expand(batch, kvHeads, groups, tokens, hd).reshape(batch, heads, tokens, hd);
             }
-            var scores = q.matmul(k.transpose(2, 3)) * scaling;
-            scores = scores.masked_fill(mask, double.NegativeInfinity);
+            var scores = q.matmul(k.transpose(2, 3)).Times(scaling);
+            scores = scores.MaskedFill(mask, double.NegativeInfinity);
             var probabilities = DType == ScalarType.Float64 ? scores.softmax(-1) : scores.softmax(-1, ScalarType.Float32).to_type(DType);
             var attention = probabilities.matmul(v).transpose(1, 2).reshape(batch, tokens, heads * hd);
-            h = h + Linear(i, LoraTarget.OProj, attention, lora);
+            h = h.Plus(Linear(i, LoraTarget.OProj, attention, lora));
             x = RmsNorm(h, layer.PostNorm);
             var gate = Linear(i, LoraTarget.GateProj, x, lora);
             var up = Linear(i, LoraTarget.UpProj, x, lora);
-            h = h + Linear(i, LoraTarget.DownProj, F.silu(gate) * up, lora);
+            h = h.Plus(Linear(i, LoraTarget.DownProj, F.silu(gate) * up, lora));
         }
         return RmsNorm(h, _finalNorm).MoveToOuterDisposeScope();
     }
@@ -182,15 +182,15 @@ public sealed class LlamaModel : IDisposable
         var l = _layers[layer];
         var y = F.linear(x, l.Weights[(int)target], l.Biases[(int)target]);
         var delta = lora?.Delta(layer, target, x);
-        return delta is null ? y : y + delta;
+        return delta is null ? y : y.Plus(delta);
     }
 
     private Tensor RmsNorm(Tensor x, Tensor weight)
     {
         // transformers' LlamaRMSNorm: variance in float32, normalised value cast back before the weight.
         var wide = DType == ScalarType.Float64 ? x : x.to_type(ScalarType.Float32);
-        var variance = wide.pow(2).mean([-1L], keepdim: true);
-        var normalised = wide * torch.rsqrt(variance + Config.RmsNormEps);
+        var variance = wide.Square().mean([-1L], keepdim: true);
+        var normalised = wide * torch.rsqrt(variance.Plus(Config.RmsNormEps));
         return weight * normalised.to_type(DType);
     }
 
@@ -204,9 +204,9 @@ public sealed class LlamaModel : IDisposable
     {
         // transformers: freqs = inv_freq ⊗ positions in float32; emb = cat(freqs, freqs); cos/sin cast to the model dtype.
         var wide = DType == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
-        var positions = torch.arange(tokens, wide, Device);
+        var positions = ScalarArgs.Arange(tokens, wide, Device);
         if (Config.RopeScaling is { Type: "linear" } linear)
-            positions = positions / linear.Factor;
+            positions = positions.Times(1.0 / linear.Factor);
         var freqs = positions.unsqueeze(1) * _invFreq.to_type(wide).unsqueeze(0);
         var emb = torch.cat([freqs, freqs], -1);
         return (emb.cos().to_type(DType), emb.sin().to_type(DType));
@@ -214,11 +214,11 @@ public sealed class LlamaModel : IDisposable
 
     private Tensor CausalMask(long tokens)
     {
-        var i = torch.arange(tokens, ScalarType.Int64, Device).unsqueeze(1);
-        var j = torch.arange(tokens, ScalarType.Int64, Device).unsqueeze(0);
+        var i = ScalarArgs.Arange(tokens, ScalarType.Int64, Device).unsqueeze(1);
+        var j = ScalarArgs.Arange(tokens, ScalarType.Int64, Device).unsqueeze(0);
         var mask = j > i;
         if (Config.SlidingWindow is int window)
-            mask = mask | (i - j >= window);
+            mask = mask | (i - j).GreaterOrEqual(window);
         return mask;
     }
 
@@ -249,6 +249,47 @@ public sealed class LlamaModel : IDisposable
             }
         }
         return torch.tensor(inv, ScalarType.Float64, device);
+    }
+
+    /// <summary>Every weight tensor once, with its checkpoint name (a tied lm_head appears only as the embedding).
+    /// For full-parameter training (<see cref="BaseModelTrainer"/>) and for <see cref="Save"/>.</summary>
+    internal IReadOnlyList<(string Name, Tensor Weight)> NamedWeights()
+    {
+        var list = new List<(string, Tensor)> { ("model.embed_tokens.weight", _embed) };
+        for (int i = 0; i < _layers.Length; i++)
+        {
+            var l = _layers[i];
+            list.Add(($"model.layers.{i}.input_layernorm.weight", l.InputNorm));
+            foreach (var t in LoraTargets.All)
+            {
+                list.Add((LoraTargets.ModulePath(i, t) + ".weight", l.Weights[(int)t]));
+                if (l.Biases[(int)t] is Tensor b)
+                    list.Add((LoraTargets.ModulePath(i, t) + ".bias", b));
+            }
+            list.Add(($"model.layers.{i}.post_attention_layernorm.weight", l.PostNorm));
+        }
+        list.Add(("model.norm.weight", _finalNorm));
+        if (!TiedEmbeddings)
+            list.Add(("lm_head.weight", _lmHead));
+        return list;
+    }
+
+    /// <summary>Writes config.json and model.safetensors (F32) of the current weights into an empty or new folder.</summary>
+    public void Save(string directory)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Directory.CreateDirectory(directory);
+        File.WriteAllText(Path.Combine(directory, LlamaConfig.FileName), Config.ToJson());
+        var tensors = NamedWeights().Select(w =>
+        {
+            using var cpu = w.Weight.detach().to_type(ScalarType.Float32).cpu().contiguous();
+            var bytes = new byte[cpu.NumberOfElements * sizeof(float)];
+            cpu.data<float>().CopyTo(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.AsSpan()));
+            return (w.Name, Core.Formats.Safetensors.DTypeConversion.F32, (IReadOnlyList<long>)w.Weight.shape, (ReadOnlyMemory<byte>)bytes);
+        }).ToList();
+        string path = Path.Combine(directory, ModelCheckpoint.SingleFileName);
+        File.Delete(path);
+        Core.Formats.Safetensors.SafetensorsWriter.WriteFile(path, tensors, new Dictionary<string, string> { ["format"] = "pt" });
     }
 
     public void Dispose()

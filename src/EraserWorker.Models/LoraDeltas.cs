@@ -1,3 +1,4 @@
+using EraserWorker.Core.Compute;
 using static TorchSharp.torch;
 
 namespace EraserWorker.Models;
@@ -17,7 +18,7 @@ public sealed class SharedLora(LoraLayout layout, Tensor theta) : ILoraDelta
             return null;
         var a = theta.narrow(0, m.OffsetA, m.CountA).view(m.Rank, m.In);
         var b = theta.narrow(0, m.OffsetB, m.CountB).view(m.Out, m.Rank);
-        return x.matmul(a.t()).matmul(b.t()) * m.Scaling;
+        return x.matmul(a.t()).matmul(b.t()).Times(m.Scaling);
     }
 }
 
@@ -36,6 +37,6 @@ public sealed class PerSampleLora(LoraLayout layout, Tensor theta) : ILoraDelta
         long batch = theta.shape[0];
         var a = theta.narrow(1, m.OffsetA, m.CountA).view(batch, m.Rank, m.In);
         var b = theta.narrow(1, m.OffsetB, m.CountB).view(batch, m.Out, m.Rank);
-        return x.bmm(a.transpose(1, 2)).bmm(b.transpose(1, 2)) * m.Scaling;
+        return x.bmm(a.transpose(1, 2)).bmm(b.transpose(1, 2)).Times(m.Scaling);
     }
 }

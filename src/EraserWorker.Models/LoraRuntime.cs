@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text;
+using EraserWorker.Core.Compute;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -88,7 +89,7 @@ public sealed class LoraRuntime(LlamaModel model, LoraLayout layout)
             var (l, logits, b) = BatchLoss(batch, new SharedLora(Layout, t));
             l.to_type(ScalarType.Float64).cpu().data<double>().CopyTo(losses, start);
             var hits = (logits.argmax(-1) == b.Targets).to_type(ScalarType.Int64);
-            var perSample = torch.zeros(batch.Count, ScalarType.Int64, Model.Device).index_add(0, b.SampleOf, hits, 1);
+            var perSample = torch.zeros(batch.Count, ScalarType.Int64, Model.Device).IndexAdd(0, b.SampleOf, hits);
             var counts = perSample.cpu().data<long>().ToArray();
             for (int i = 0; i < batch.Count; i++)
             {
@@ -164,7 +165,7 @@ public sealed class LoraRuntime(LlamaModel model, LoraLayout layout)
             var (losses, _, _) = BatchLoss(samples.Skip(start).Take(batchSize).ToList(), new SharedLora(Layout, leaf));
             var total = losses.sum();
             var g = torch.autograd.grad([total], [leaf])[0];
-            sum.add_(g.to_type(ScalarType.Float64));
+            sum.AddInPlace(g.to_type(ScalarType.Float64));
             loss += total.to_type(ScalarType.Float64).item<double>();
         }
         return (loss, sum.cpu().data<double>().ToArray());
@@ -193,7 +194,7 @@ public sealed class LoraRuntime(LlamaModel model, LoraLayout layout)
             // TorchSharp passes retain_graph literally (PyTorch defaults it to create_graph): keep the forward graph for the second pass.
             var g = torch.autograd.grad([total], [leaf], retain_graph: true, create_graph: true)[0];
             var hv = torch.autograd.grad([(g * vt).sum()], [leaf])[0];
-            sum.add_(hv.to_type(ScalarType.Float64));
+            sum.AddInPlace(hv.to_type(ScalarType.Float64));
             Timings.HvpBackward += Lap(watch);
         }
         return sum.cpu().data<double>().ToArray();
@@ -247,7 +248,7 @@ public sealed class LoraRuntime(LlamaModel model, LoraLayout layout)
             logits = logits.to_type(ScalarType.Float32);
         var logp = logits.log_softmax(-1);
         var tokenLoss = -logp.gather(1, b.Targets.unsqueeze(1)).squeeze(1);
-        var losses = torch.zeros(batch.Count, logits.dtype, Model.Device).index_add(0, b.SampleOf, tokenLoss * b.TokenWeight.to_type(logits.dtype), 1);
+        var losses = torch.zeros(batch.Count, logits.dtype, Model.Device).IndexAdd(0, b.SampleOf, tokenLoss * b.TokenWeight.to_type(logits.dtype));
         return (losses, logits, b);
     }
 

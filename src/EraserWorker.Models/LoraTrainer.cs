@@ -102,13 +102,13 @@ public static class LoraTrainer
                     var batch = order.Skip(start).Take(options.BatchSize).Select(i => samples[i]).ToList();
                     var leaf = t.detach().requires_grad_(true);
                     var (losses, _, _) = runtime.BatchLoss(batch, new SharedLora(layout, leaf));
-                    var objective = losses.sum() / batch.Count;
+                    var objective = losses.sum().Times(1.0 / batch.Count);
                     var g = torch.autograd.grad([objective], [leaf])[0];
                     lossSum += losses.sum().to_type(ScalarType.Float64).item<double>();
                     using (torch.no_grad())
                     {
                         if (options.L2 > 0)
-                            g = g + t * (options.L2 / n);
+                            g = g.Plus(t.Times(options.L2 / n));
                         double lr = options.Schedule switch
                         {
                             "linear" => options.LearningRate * (1 - (double)step / totalSteps),
@@ -116,12 +116,12 @@ public static class LoraTrainer
                             _ => options.LearningRate,
                         };
                         step++;
-                        t.mul_(1 - lr * options.WeightDecay);
-                        m.mul_(options.Beta1).add_(g, alpha: 1 - options.Beta1);
-                        v.mul_(options.Beta2).addcmul_(g, g, value: 1 - options.Beta2);
+                        t.MulInPlace(1 - lr * options.WeightDecay);
+                        m.MulInPlace(options.Beta1).AddInPlace(g, 1 - options.Beta1);
+                        v.MulInPlace(options.Beta2).AddcmulInPlace(g, g, 1 - options.Beta2);
                         double c1 = 1 - Math.Pow(options.Beta1, step), c2 = 1 - Math.Pow(options.Beta2, step);
-                        var denominator = (v / c2).sqrt_().add_(options.Epsilon);
-                        t.addcdiv_(m, denominator, value: -lr / c1);
+                        var denominator = v.Times(1 / c2).sqrt_().AddInPlace(options.Epsilon);
+                        t.AddcdivInPlace(m, denominator, -lr / c1);
                     }
                 }
                 var e = new TrainEpoch(epoch, lossSum / n, epochWatch.Elapsed.TotalSeconds);

@@ -30,7 +30,9 @@ public static class RandomLlama
 
     /// <summary>Writes config.json and the weights (one model.safetensors, or <paramref name="shards"/> files with an
     /// index) in <paramref name="dtype"/>. Weights ~ N(0, 0.02²)·scale-free except norms ~ 1 + N(0, 0.1²).</summary>
-    public static void WriteModel(string directory, LlamaConfig config, int seed, string dtype = DTypeConversion.F32, int shards = 1, double std = 0.08)
+    /// <param name="embeddingStd">Standard deviation of the embedding (default 0.3 when tied, else 1).</param>
+    public static void WriteModel(string directory, LlamaConfig config, int seed, string dtype = DTypeConversion.F32, int shards = 1, double std = 0.08,
+        double? embeddingStd = null)
     {
         Directory.CreateDirectory(directory);
         File.WriteAllText(Path.Combine(directory, LlamaConfig.FileName), config.ToJson());
@@ -45,7 +47,7 @@ public static class RandomLlama
             tensors.Add((name, shape, values));
         }
         // Tied embeddings double as lm_head: keep the logits moderate.
-        Add("model.embed_tokens.weight", 0, config.TieWordEmbeddings ? 0.3 : 1.0, config.VocabSize, config.HiddenSize);
+        Add("model.embed_tokens.weight", 0, embeddingStd ?? (config.TieWordEmbeddings ? 0.3 : 1.0), config.VocabSize, config.HiddenSize);
         for (int l = 0; l < config.NumHiddenLayers; l++)
         {
             Add($"model.layers.{l}.input_layernorm.weight", 1, 0.1, config.HiddenSize);

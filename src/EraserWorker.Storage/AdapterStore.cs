@@ -32,6 +32,7 @@ public sealed record AdapterVersionRef(string AdapterId, int Version, string Uri
 /// adapters/&lt;adapterId&gt;/versions/&lt;NNNNNN&gt;/...            adapter_config.json, adapter_model.safetensors, manifest.json (last)
 /// adapters/&lt;adapterId&gt;/cache/...                       the base gradient cache (cache.json last)
 /// adapters/&lt;adapterId&gt;/replacements/&lt;name&gt;/...         replacement sets (cache.json last)
+/// adapters/&lt;adapterId&gt;/model/...                       optional: the base model and tokenizer (registered with the adapter)
 /// adapters/&lt;adapterId&gt;/claims/&lt;NNNNNN&gt;.json             transient: who is writing a version right now
 /// </code>
 /// Blob names are built only from ids that pass <see cref="RequestValidation.IsValidAdapterId"/> and
@@ -62,7 +63,11 @@ public sealed partial class AdapterStore
 
     /// <summary>Segment names that an adapter id may not use after its first segment, because the adapter
     /// one level up uses them for its own data (<c>a/cache</c> would live inside adapter <c>a</c>'s cache).</summary>
-    public static IReadOnlyList<string> ReservedSegments { get; } = ["head.json", "versions", "cache", "replacements", "claims"];
+    public static IReadOnlyList<string> ReservedSegments { get; } = ["head.json", "versions", "cache", "replacements", "claims", "model"];
+
+    /// <summary>The member of the base (version-0) manifest that lists the registered model's files (relative path →
+    /// <c>{"sha256","bytes"}</c>); absent when the adapter was registered without a model.</summary>
+    public const string ModelFilesMember = "modelFiles";
 
     private static readonly JsonSerializerOptions JsonOptions = new(JsonSerializerDefaults.Web) { WriteIndented = true };
 
@@ -133,6 +138,9 @@ public sealed partial class AdapterStore
 
     /// <summary>Blob prefix of the base gradient cache.</summary>
     public static string CachePrefix(string adapterId) => AdapterPrefix(adapterId) + "cache/";
+
+    /// <summary>Blob prefix of the base model registered with the adapter (config, weights, tokenizer).</summary>
+    public static string ModelPrefix(string adapterId) => AdapterPrefix(adapterId) + "model/";
 
     /// <summary>Blob prefix of a replacement set.</summary>
     public static string ReplacementsPrefix(string adapterId, string name)
@@ -228,11 +236,25 @@ public sealed partial class AdapterStore
     /// again (it replaces the leftovers); a concurrent registration with different files gets
     /// <see cref="VersionConflictException"/> (version 0).
     /// </summary>
-    public async Task<AdapterVersionRef> RegisterAsync(string adapterId, string localAdapterDir, string localCacheDir, CancellationToken cancellationToken = default)
+    public Task<AdapterVersionRef> RegisterAsync(string adapterId, string localAdapterDir, string localCacheDir, CancellationToken cancellationToken = default) =>
+        RegisterAsync(adapterId, localAdapterDir, localCacheDir, null, cancellationToken);
+
+    /// <summary>
+    /// Registers an adapter as <see cref="RegisterAsync(string, string, string, CancellationToken)"/> does and, when
+    /// <paramref name="localModelDir"/> is given, also its base model: every file of that folder (the caller selects
+    /// them: config.json, weights, tokenizer) is uploaded under <c>adapters/&lt;adapterId&gt;/model/</c> before the base
+    /// manifest, which lists them with their SHA-256 in <see cref="ModelFilesMember"/>. The folder must hold
+    /// <c>config.json</c>. The store does not interpret the files; <see cref="DownloadModelAsync"/> returns them.
+    /// </summary>
+    public async Task<AdapterVersionRef> RegisterAsync(string adapterId, string localAdapterDir, string localCacheDir, string? localModelDir,
+        CancellationToken cancellationToken = default)
     {
         CheckAdapterId(adapterId);
         var adapterFiles = await ListLocalFilesAsync(localAdapterDir, cancellationToken).ConfigureAwait(false);
         var cacheFiles = await ListLocalFilesAsync(localCacheDir, cancellationToken).ConfigureAwait(false);
+        var modelFiles = localModelDir is null ? null : await ListLocalFilesAsync(localModelDir, cancellationToken).ConfigureAwait(false);
+        if (modelFiles is not null)
+            Require(modelFiles, ModelConfigFileName, localModelDir!);
         var model = Require(adapterFiles, AdapterModelFileName, localAdapterDir);
         Require(adapterFiles, AdapterConfigFileName, localAdapterDir);
         Require(cacheFiles, CacheIndexFileName, localCacheDir);
@@ -244,7 +266,8 @@ public sealed partial class AdapterStore
             throw new AdapterAlreadyRegisteredException(adapterId);
 
         string fingerprint = Fingerprint(adapterFiles.Select(f => ("version/" + f.RelativePath, f.Sha256))
-            .Concat(cacheFiles.Select(f => ("cache/" + f.RelativePath, f.Sha256))));
+            .Concat(cacheFiles.Select(f => ("cache/" + f.RelativePath, f.Sha256)))
+            .Concat((modelFiles ?? []).Select(f => ("model/" + f.RelativePath, f.Sha256))));
         var claim = await AcquireClaimAsync(adapterId, 0, fingerprint, cancellationToken).ConfigureAwait(false);
         bool done = false;
         try
@@ -253,6 +276,13 @@ public sealed partial class AdapterStore
             foreach (var file in cacheFiles.Where(f => f.RelativePath != CacheIndexFileName))
                 await PutReplacingLeftoverAsync(cachePrefix + file.RelativePath, file, e => Conflict(adapterId, 0, "a cache file changed during registration", e), cancellationToken).ConfigureAwait(false);
             await PutReplacingLeftoverAsync(cachePrefix + CacheIndexFileName, Require(cacheFiles, CacheIndexFileName, localCacheDir), e => Conflict(adapterId, 0, "cache.json changed during registration", e), cancellationToken).ConfigureAwait(false);
+
+            if (modelFiles is not null)
+            {
+                string modelPrefix = ModelPrefix(adapterId);
+                foreach (var file in modelFiles)
+                    await PutReplacingLeftoverAsync(modelPrefix + file.RelativePath, file, e => Conflict(adapterId, 0, "a model file changed during registration", e), cancellationToken).ConfigureAwait(false);
+            }
 
             string versionPrefix = VersionPrefix(adapterId, 0);
             foreach (var file in adapterFiles)
@@ -271,6 +301,8 @@ public sealed partial class AdapterStore
                 ["createdAt"] = _time.GetUtcNow(),
                 ["writerId"] = WriterId,
             };
+            if (modelFiles is not null)
+                manifest[ModelFilesMember] = FilesNode(modelFiles);
             await EnsureClaimHeldAsync(claim, cancellationToken).ConfigureAwait(false);
             // The base manifest is not visible before the head exists: a leftover one is replaced.
             await PutReplacingLeftoverAsync(versionPrefix + ManifestFileName, LocalFile.FromBytes(ManifestFileName, JsonBytes(manifest)),
@@ -434,6 +466,82 @@ public sealed partial class AdapterStore
         if (!hashes.TryGetValue(AdapterModelFileName, out string? modelSha))
             throw new InvalidDataException($"Version {version} of adapter '{adapterId}' has no {AdapterModelFileName}.");
         return new AdapterVersionRef(adapterId, version, VersionUri(adapterId, version), modelSha);
+    }
+
+    // ------------------------------------------------------------------------------------------ model
+
+    /// <summary>The file of a registered model that must be present (the Hugging Face model configuration).</summary>
+    public const string ModelConfigFileName = "config.json";
+
+    /// <summary>
+    /// The files of the model registered with the adapter (relative path → SHA-256, from the base manifest's
+    /// <see cref="ModelFilesMember"/>), or null when it was registered without one. Throws
+    /// <see cref="AdapterNotFoundException"/> if the adapter is not registered.
+    /// </summary>
+    public async Task<IReadOnlyDictionary<string, string>?> GetModelFilesAsync(string adapterId, CancellationToken cancellationToken = default)
+    {
+        CheckAdapterId(adapterId);
+        var manifest = await ReadManifestAsync(adapterId, 0, cancellationToken).ConfigureAwait(false);
+        if (manifest is null)
+        {
+            if (!await IsRegisteredAsync(adapterId, cancellationToken).ConfigureAwait(false))
+                throw new AdapterNotFoundException(adapterId);
+            throw new InvalidDataException($"Adapter '{adapterId}' has no base manifest.");
+        }
+        if (manifest[ModelFilesMember] is not JsonObject listed)
+            return null;
+        var files = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (name, _) in listed)
+        {
+            if (!name.Split('/').All(s => LocalFileNameRegex().IsMatch(s)))
+                throw new InvalidDataException($"The base manifest of adapter '{adapterId}' lists model file '{name}', which cannot be a local file name.");
+            files[name] = ManifestSha256(new JsonObject { ["files"] = listed.DeepClone() }, name)
+                ?? throw new InvalidDataException($"The base manifest of adapter '{adapterId}' lists model file '{name}' without a SHA-256.");
+        }
+        return files;
+    }
+
+    /// <summary>
+    /// Downloads the model registered with the adapter into <paramref name="localDir"/> — exactly the files the base
+    /// manifest lists, each verified against its SHA-256 (<see cref="InvalidDataException"/> on a mismatch or a missing
+    /// file). Returns false (and downloads nothing) when the adapter was registered without a model; throws
+    /// <see cref="AdapterNotFoundException"/> if it is not registered.
+    /// </summary>
+    public async Task<bool> DownloadModelAsync(string adapterId, string localDir, CancellationToken cancellationToken = default)
+    {
+        var files = await GetModelFilesAsync(adapterId, cancellationToken).ConfigureAwait(false);
+        if (files is null)
+            return false;
+        ArgumentException.ThrowIfNullOrWhiteSpace(localDir);
+        string root = Path.GetFullPath(localDir);
+        string prefix = ModelPrefix(adapterId);
+        foreach (var (relative, expected) in files)
+        {
+            string target = Path.Combine(root, relative.Replace('/', Path.DirectorySeparatorChar));
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            string temp = target + ".part-" + Guid.NewGuid().ToString("N");
+            try
+            {
+                string sha;
+                var file = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
+                await using (file.ConfigureAwait(false))
+                {
+                    using var hasher = new HashingStream(file);
+                    if (await Blobs.DownloadAsync(prefix + relative, hasher, cancellationToken).ConfigureAwait(false) is null)
+                        throw new InvalidDataException($"Model file '{relative}' of adapter '{adapterId}' is listed in its base manifest but missing from the store.");
+                    sha = hasher.HexHash();
+                }
+                if (!string.Equals(sha, expected, StringComparison.OrdinalIgnoreCase))
+                    throw new InvalidDataException($"Model file '{relative}' of adapter '{adapterId}' has SHA-256 {sha}, but the base manifest says {expected}.");
+                File.Move(temp, target, overwrite: true);
+            }
+            finally
+            {
+                if (File.Exists(temp))
+                    File.Delete(temp);
+            }
+        }
+        return true;
     }
 
     // ------------------------------------------------------------------------------------------ caches

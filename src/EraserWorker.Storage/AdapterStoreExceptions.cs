@@ -62,3 +62,25 @@ public sealed class ReplacementsNotFoundException(string adapterId, string repla
     /// <summary>The URI.</summary>
     public string ReplacementsUri { get; } = replacementsUri;
 }
+
+/// <summary>
+/// The blob service refused an operation for lack of permission (HTTP 403): the credential (SAS, identity, key) does not
+/// allow it. Not retried by the store; the message names the operation, the blob and what the worker needs, never the
+/// credential.
+/// </summary>
+public sealed class StorageAccessDeniedException(string operation, string blobOrPrefix, string container, string? errorCode, Exception? inner = null)
+    : UnauthorizedAccessException(
+        $"Blob storage refused to {operation} '{blobOrPrefix}' in container '{container}' (403 {errorCode ?? "Forbidden"}): the credential lacks that permission. " +
+        "The worker and the eraser CLI need read, create, write, delete and list on the blobs of this container " +
+        "(a container SAS with sp=rcwdl, or Storage Blob Data Contributor on the container); creating the container needs more, " +
+        "so create it when provisioning and set Eraser:Storage:CreateContainer=false.", inner)
+{
+    /// <summary>What was refused: <c>read</c>, <c>write</c>, <c>list</c>, <c>delete</c>, <c>create the container</c>.</summary>
+    public string Operation { get; } = operation;
+
+    /// <summary>The blob (or listing prefix) concerned.</summary>
+    public string Blob { get; } = blobOrPrefix;
+
+    /// <summary>The service's error code (e.g. <c>AuthorizationPermissionMismatch</c>), if any.</summary>
+    public string? ErrorCode { get; } = errorCode;
+}

@@ -12,19 +12,27 @@ namespace EraserWorker.Storage;
 /// <see cref="IBlobStore"/> over one Azure Blob Storage container (or Azurite). Conditions map to
 /// <c>If-None-Match: *</c> / <c>If-Match</c>; large uploads are staged as blocks and committed at once, so
 /// they appear atomically. The container is created when missing (at start-up through
-/// <see cref="InitializeAsync"/>, else on first use).
+/// <see cref="InitializeAsync"/>, else on first use) unless container creation is off
+/// (<see cref="StorageOptions.CreateContainer"/>); then only blob operations of that container are used — read, create,
+/// write, delete, list — which a container-scoped SAS or <c>Storage Blob Data Contributor</c> on the container allow.
+/// A refusal for lack of permission (HTTP 403) is thrown as <see cref="StorageAccessDeniedException"/>.
 /// </summary>
 public sealed class AzureBlobStore : IBlobStore
 {
     private readonly IStorageMetrics _metrics;
     private readonly SemaphoreSlim _initGate = new(1, 1);
+    private readonly bool _createContainer;
     private volatile bool _initialized;
 
     /// <summary>Creates a store over <paramref name="container"/>.</summary>
-    public AzureBlobStore(BlobContainerClient container, IStorageMetrics? metrics = null)
+    /// <param name="container">The container.</param>
+    /// <param name="metrics">Byte counters.</param>
+    /// <param name="createContainer">Create the container when it is missing (else a missing container is an error).</param>
+    public AzureBlobStore(BlobContainerClient container, IStorageMetrics? metrics = null, bool createContainer = true)
     {
         Container = container ?? throw new ArgumentNullException(nameof(container));
         _metrics = metrics ?? NullStorageMetrics.Instance;
+        _createContainer = createContainer;
     }
 
     /// <summary>The container client.</summary>
@@ -47,7 +55,7 @@ public sealed class AzureBlobStore : IBlobStore
             : !string.IsNullOrWhiteSpace(options.ServiceUri)
                 ? new BlobServiceClient(new Uri(options.ServiceUri), credential ?? new DefaultAzureCredential(), clientOptions)
                 : throw new ArgumentException("AzureBlob storage needs Eraser:Storage:ConnectionString or Eraser:Storage:ServiceUri.", nameof(options));
-        return new AzureBlobStore(service.GetBlobContainerClient(options.Container), metrics);
+        return new AzureBlobStore(service.GetBlobContainerClient(options.Container), metrics, options.CreateContainer);
     }
 
     /// <inheritdoc />
@@ -60,7 +68,35 @@ public sealed class AzureBlobStore : IBlobStore
         {
             if (_initialized)
                 return;
-            await Container.CreateIfNotExistsAsync(cancellationToken: cancellationToken).ConfigureAwait(false);
+            if (_createContainer)
+            {
+                try
+                {
+                    await Container.CreateIfNotExistsAsync(cancellationToken: cancellationToken).ConfigureAwait(false);
+                    _initialized = true;
+                    return;
+                }
+                catch (RequestFailedException e) when (e.Status == 403)
+                {
+                    // Not allowed to create containers (a container SAS, a role on the container): fine if it exists.
+                }
+            }
+            // Listing is the one container-level read a container SAS (sp=l) and Storage Blob Data Contributor allow.
+            try
+            {
+                await foreach (var _ in Container.GetBlobsAsync(BlobTraits.None, BlobStates.None, "adapters/", cancellationToken)
+                                   .AsPages(pageSizeHint: 1).ConfigureAwait(false))
+                    break;
+            }
+            catch (RequestFailedException e) when (e.Status == 404)
+            {
+                throw new InvalidOperationException(
+                    $"The blob container '{Container.Name}' does not exist, and Eraser:Storage:CreateContainer is {(_createContainer ? "true but creating it was refused (403)" : "false")}: create it when provisioning the storage account.", e);
+            }
+            catch (RequestFailedException e) when (e.Status == 403)
+            {
+                throw Denied(e, "list", "adapters/");
+            }
             _initialized = true;
         }
         finally
@@ -83,6 +119,10 @@ public sealed class AzureBlobStore : IBlobStore
         {
             return null;
         }
+        catch (RequestFailedException e) when (e.Status == 403)
+        {
+            throw Denied(e, "read", name);
+        }
     }
 
     /// <inheritdoc />
@@ -99,6 +139,10 @@ public sealed class AzureBlobStore : IBlobStore
         catch (RequestFailedException e) when (e.Status == 404)
         {
             return null;
+        }
+        catch (RequestFailedException e) when (e.Status == 403)
+        {
+            throw Denied(e, "read", name);
         }
         using (result)
         {
@@ -155,6 +199,10 @@ public sealed class AzureBlobStore : IBlobStore
         {
             throw new BlobConditionFailedException(name, condition, e);
         }
+        catch (RequestFailedException e) when (e.Status == 403)
+        {
+            throw Denied(e, "write", name);
+        }
         finally
         {
             _metrics.BytesTransferred(StorageDirections.Upload, counting.BytesRead);
@@ -166,8 +214,27 @@ public sealed class AzureBlobStore : IBlobStore
     {
         BlobNames.ValidatePrefix(prefix);
         await InitializeAsync(cancellationToken).ConfigureAwait(false);
-        await foreach (var item in Container.GetBlobsAsync(BlobTraits.None, BlobStates.None, prefix.Length == 0 ? null : prefix, cancellationToken).ConfigureAwait(false))
-            yield return item.Name;
+        var items = Container.GetBlobsAsync(BlobTraits.None, BlobStates.None, prefix.Length == 0 ? null : prefix, cancellationToken).GetAsyncEnumerator(cancellationToken);
+        try
+        {
+            while (true)
+            {
+                try
+                {
+                    if (!await items.MoveNextAsync().ConfigureAwait(false))
+                        break;
+                }
+                catch (RequestFailedException e) when (e.Status == 403)
+                {
+                    throw Denied(e, "list", prefix);
+                }
+                yield return items.Current.Name;
+            }
+        }
+        finally
+        {
+            await items.DisposeAsync().ConfigureAwait(false);
+        }
     }
 
     /// <inheritdoc />
@@ -175,7 +242,14 @@ public sealed class AzureBlobStore : IBlobStore
     {
         BlobNames.Validate(name);
         await InitializeAsync(cancellationToken).ConfigureAwait(false);
-        return (await Container.GetBlobClient(name).DeleteIfExistsAsync(cancellationToken: cancellationToken).ConfigureAwait(false)).Value;
+        try
+        {
+            return (await Container.GetBlobClient(name).DeleteIfExistsAsync(cancellationToken: cancellationToken).ConfigureAwait(false)).Value;
+        }
+        catch (RequestFailedException e) when (e.Status == 403)
+        {
+            throw Denied(e, "delete", name);
+        }
     }
 
     /// <inheritdoc />
@@ -185,16 +259,24 @@ public sealed class AzureBlobStore : IBlobStore
         timeout.CancelAfter(TimeSpan.FromSeconds(10));
         try
         {
+            // A cheap listing of at most one blob: allowed by a container SAS (sp=l) and by Storage Blob Data Contributor on
+            // the container, unlike reading the container's properties.
             await InitializeAsync(timeout.Token).ConfigureAwait(false);
-            await Container.GetPropertiesAsync(cancellationToken: timeout.Token).ConfigureAwait(false);
+            await foreach (var _ in Container.GetBlobsAsync(BlobTraits.None, BlobStates.None, "adapters/", timeout.Token)
+                               .AsPages(pageSizeHint: 1).ConfigureAwait(false))
+                break;
             return true;
         }
-        catch (Exception e) when (e is RequestFailedException or AuthenticationFailedException or OperationCanceledException && !cancellationToken.IsCancellationRequested)
+        catch (Exception e) when (e is RequestFailedException or AuthenticationFailedException or UnauthorizedAccessException or InvalidOperationException
+                                      or OperationCanceledException && !cancellationToken.IsCancellationRequested)
         {
             _initialized = false;
             return false;
         }
     }
+
+    private StorageAccessDeniedException Denied(RequestFailedException e, string operation, string name) =>
+        new(operation, name, Container.Name, e.ErrorCode, e);
 
     /// <inheritdoc />
     public string UriFor(string name)

@@ -78,7 +78,9 @@ public sealed class FileSystemBlobStore : IBlobStore
         {
             stream = OpenRead(path);
         }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException && !File.Exists(path))
+        // Not found when we opened it is not found, even if another process creates it a moment later (checking
+        // File.Exists again here would turn that race into a FileNotFoundException for the caller).
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException || e is UnauthorizedAccessException && !File.Exists(path))
         {
             return null;
         }
@@ -101,7 +103,9 @@ public sealed class FileSystemBlobStore : IBlobStore
         {
             stream = OpenRead(path);
         }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException && !File.Exists(path))
+        // Not found when we opened it is not found, even if another process creates it a moment later (checking
+        // File.Exists again here would turn that race into a FileNotFoundException for the caller).
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException || e is UnauthorizedAccessException && !File.Exists(path))
         {
             return null;
         }

@@ -38,11 +38,19 @@ public sealed class StorageOptions
     /// (<c>https://&lt;account&gt;.blob.core.windows.net</c>) with <c>DefaultAzureCredential</c>.</summary>
     public string? ServiceUri { get; set; }
 
-    /// <summary><c>Eraser:Storage:Container</c>: blob container (default <c>eraser</c>), created if missing.</summary>
+    /// <summary><c>Eraser:Storage:Container</c>: blob container (default <c>eraser</c>), created if missing unless
+    /// <see cref="CreateContainer"/> is false.</summary>
     [Required]
     [RegularExpression("^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$",
         ErrorMessage = "Eraser:Storage:Container must be 3–63 characters of lowercase letters, digits and single hyphens, starting and ending with a letter or digit.")]
     public string Container { get; set; } = "eraser";
+
+    /// <summary><c>Eraser:Storage:CreateContainer</c>: AzureBlob only — create <see cref="Container"/> when it is missing
+    /// (default true, for development and Azurite). Set it to false in production and create the container when
+    /// provisioning: the worker then needs no account-level permission, only read, create, write, delete and list on
+    /// blobs of that one container (a container-scoped SAS, or <c>Storage Blob Data Contributor</c> on the container).
+    /// A missing container is then reported (readiness false, operations fail), never created.</summary>
+    public bool CreateContainer { get; set; } = true;
 
     /// <summary><c>Eraser:Storage:WriterId</c>: identity of this process in version claims (see
     /// <see cref="AdapterStore.WriteVersionAsync"/>). Default: unique per process. A stable id per replica

@@ -1,3 +1,4 @@
+using EraserWorker.Core.Compute;
 using EraserWorker.Core.Formats.GradientCaches;
 using EraserWorker.Core.Formats.Safetensors;
 using TorchSharp;
@@ -30,7 +31,7 @@ internal static class SyntheticCache
             "{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"target_modules\": [\"q_proj\"]}\n");
         var tensors = specs.Select(spec =>
         {
-            using var values = torch.randn(spec.Count, generator: generator) * 0.02;
+            using var values = torch.randn(spec.Count, generator: generator).Times(0.02);
             var floats = values.data<float>().ToArray();
             var bytes = new byte[floats.Length * 4];
             Buffer.BlockCopy(floats, 0, bytes, 0, bytes.Length);
@@ -46,7 +47,7 @@ internal static class SyntheticCache
             int count = Math.Min(block, samples - first);
             using var scope = torch.NewDisposeScope();
             var c = torch.randn(count, parameters, generator: generator);
-            var g = c * torch.randn(count, 1, generator: generator) + 0.1 * torch.randn(count, parameters, generator: generator);
+            var g = (c * torch.randn(count, 1, generator: generator)).Plus(torch.randn(count, parameters, generator: generator).Times(0.1));
             var cRows = c.data<float>().ToArray();
             var gRows = g.data<float>().ToArray();
             for (int i = 0; i < count; i++)

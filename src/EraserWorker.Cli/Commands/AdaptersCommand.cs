@@ -11,7 +11,7 @@ using EraserWorker.Storage;
 
 namespace EraserWorker.Cli.Commands;
 
-/// <summary><c>eraser adapters register | show | download</c> (SPEC §6) against the configured adapter store.</summary>
+/// <summary><c>eraser adapters register | show | download | prune</c> (SPEC §6) against the configured adapter store.</summary>
 public static class AdaptersCommand
 {
     public static Command Create()
@@ -24,6 +24,7 @@ public static class AdaptersCommand
         command.Subcommands.Add(Register(config));
         command.Subcommands.Add(Show(config));
         command.Subcommands.Add(Download(config));
+        command.Subcommands.Add(AdaptersPruneCommand.Create(config));
         return command;
     }
 
@@ -48,16 +49,22 @@ public static class AdaptersCommand
         var id = IdOption();
         var adapter = new Option<string>("--adapter") { Description = "PEFT adapter folder (adapter_config.json + adapter_model.safetensors).", Required = true };
         var cache = new Option<string>("--cache") { Description = "The adapter's gradient cache folder (eraser.gradcache/v1).", Required = true };
-        var json = new Option<bool>("--json") { Description = "Print the result as one JSON object." };
-        var command = new Command("register", "Validate an adapter and its gradient cache, then store them as version 0 of a new adapter.")
+        var model = new Option<string?>("--model")
         {
-            id, adapter, cache, json,
+            Description = "Optional: the base model folder (Hugging Face: config.json, model.safetensors or shards + index, tokenizer.json / tokenizer.model) " +
+                          "the adapter and cache were made with. Stored with the adapter, it lets requests carry text replacements.",
+        };
+        var json = new Option<bool>("--json") { Description = "Print the result as one JSON object." };
+        var command = new Command("register", "Validate an adapter and its gradient cache (and base model), then store them as version 0 of a new adapter.")
+        {
+            id, adapter, cache, model, json,
         };
         command.SetAction((parse, cancellation) => OperatorRun.RunAsync(parse, cancellation, async io =>
         {
             string adapterId = parse.GetValue(id)!;
             string adapterDir = parse.GetValue(adapter)!;
             string cacheDir = parse.GetValue(cache)!;
+            string? modelDir = parse.GetValue(model);
             CheckAdapterId(adapterId);
             using var handle = OperatorSettings.OpenStore(OperatorSettings.Load(parse.GetValue(config)));
             var store = handle.Store;
@@ -68,14 +75,27 @@ public static class AdaptersCommand
             io.Status($"Validating adapter '{adapterDir}' against gradient cache '{cacheDir}'");
             var summary = LocalInputs.ValidateRegistration(adapterDir, cacheDir, io, cancellation);
             io.Status($"Valid: {summary.Samples:N0} samples, P = {summary.Parameters:N0} in {summary.Tensors} tensor(s), {summary.DType}{(summary.Curvature ? " with curvature rows" : "")}, l2 = {summary.L2:G6}");
+            ModelSummary? modelSummary = null;
+            if (modelDir is not null)
+            {
+                io.Status($"Validating base model '{modelDir}' against the adapter and the cache");
+                modelSummary = ModelInputs.Validate(modelDir, adapterDir, cacheDir);
+                io.Status($"Valid: {modelSummary.ModelType}, {modelSummary.Layers} layers, vocabulary {modelSummary.VocabSize:N0}, tokenizer {modelSummary.Tokenizer}; {modelSummary.Files.Count} file(s), {modelSummary.Bytes:N0} bytes");
+            }
 
             using var staging = new LocalInputs.Staging();
             var (stagedAdapter, ignoredAdapter) = staging.Adapter(adapterDir);
             var (stagedCache, ignoredCache) = staging.Cache("cache", cacheDir, GradientCacheManifest.Load(Path.Combine(cacheDir, GradientCacheManifest.FileName)));
             LocalInputs.ReportIgnored(io, "adapter", ignoredAdapter);
             LocalInputs.ReportIgnored(io, "cache", ignoredCache);
-            io.Status($"Uploading the gradient cache and version 0 of '{adapterId}'");
-            var version = await store.RegisterAsync(adapterId, stagedAdapter, stagedCache, cancellation);
+            string? stagedModel = null;
+            if (modelSummary is not null)
+            {
+                (stagedModel, var ignoredModel) = staging.Model(modelDir!, modelSummary.Files);
+                LocalInputs.ReportIgnored(io, "model", ignoredModel);
+            }
+            io.Status($"Uploading the gradient cache{(stagedModel is null ? "" : ", the base model")} and version 0 of '{adapterId}'");
+            var version = await store.RegisterAsync(adapterId, stagedAdapter, stagedCache, stagedModel, cancellation);
 
             if (parse.GetValue(json))
             {
@@ -87,6 +107,13 @@ public static class AdaptersCommand
                     ["sha256"] = version.Sha256,
                     ["samples"] = summary.Samples,
                     ["parameters"] = summary.Parameters,
+                    ["model"] = modelSummary is null ? null : new JsonObject
+                    {
+                        ["modelType"] = modelSummary.ModelType,
+                        ["tokenizer"] = modelSummary.Tokenizer,
+                        ["files"] = new JsonArray(modelSummary.Files.Select(f => (JsonNode)f).ToArray()),
+                        ["bytes"] = modelSummary.Bytes,
+                    },
                 }));
             }
             else
@@ -94,6 +121,8 @@ public static class AdaptersCommand
                 io.Out.WriteLine($"Registered {adapterId} version {version.Version}");
                 io.Out.WriteLine($"  uri     {version.Uri}");
                 io.Out.WriteLine($"  sha256  {version.Sha256}");
+                if (modelSummary is not null)
+                    io.Out.WriteLine($"  model   {modelSummary.ModelType}, {modelSummary.Files.Count} file(s) under {AdapterStore.ModelPrefix(adapterId)} (text replacements enabled)");
             }
             return 0;
         }));

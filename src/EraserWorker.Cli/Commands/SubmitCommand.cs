@@ -31,29 +31,40 @@ public static class SubmitCommand
         };
         var sampleFile = new Option<string?>("--sample-file") { Description = "File with one sample id per line (for ids that contain commas)." };
         var replacementsUri = new Option<string?>("--replacements-uri") { Description = "For modifyQuery / correctResponse: the URI printed by 'eraser replacements upload'." };
+        var replacementsJsonl = new Option<string?>("--replacements-jsonl")
+        {
+            Description = "For modifyQuery / correctResponse on an adapter registered with its model: the corrected samples as text, one JSON object " +
+                          "{\"id\", \"prompt\", \"response\"} a line; the worker computes their rows. Without --sample/--sample-file the sample ids are the file's ids.",
+        };
         var requestId = new Option<string?>("--request-id") { Description = "Idempotency key, 1–128 printable ASCII characters (default: a new GUID)." };
         var wait = new Option<bool>("--wait") { Description = "Wait for the request's completion or failure event, print it as JSON; exit 1 on failure or timeout." };
         var timeout = new Option<double>("--timeout") { Description = "With --wait: seconds to wait (default 300).", DefaultValueFactory = _ => 300 };
 
         var command = new Command("submit", "Publish an unlearning request to the worker through the configured transport (Eraser:Transport, RabbitMq).")
         {
-            config, adapterId, task, samples, sampleFile, replacementsUri, requestId, wait, timeout,
+            config, adapterId, task, samples, sampleFile, replacementsUri, replacementsJsonl, requestId, wait, timeout,
         };
         command.SetAction((parse, cancellation) => OperatorRun.RunAsync(parse, cancellation, async io =>
         {
+            var texts = parse.GetValue(replacementsJsonl) is { } textFile ? SubmitText.ParseReplacements(textFile) : null;
+            var sampleIds = SubmitText.ParseSampleIds(parse.GetValue(samples) ?? [], parse.GetValue(sampleFile));
+            if (sampleIds.Count == 0 && texts is not null)
+                sampleIds = texts.Select(t => t.Id).ToList();
             var request = new UnlearningRequested(
                 parse.GetValue(requestId) ?? Guid.NewGuid().ToString("D"),
                 parse.GetValue(adapterId)!,
                 parse.GetValue(task)!,
-                SubmitText.ParseSampleIds(parse.GetValue(samples) ?? [], parse.GetValue(sampleFile)),
-                parse.GetValue(replacementsUri));
+                sampleIds,
+                parse.GetValue(replacementsUri),
+                texts);
             bool waitForOutcome = parse.GetValue(wait);
             double seconds = parse.GetValue(timeout);
             if (waitForOutcome && !(seconds > 0 && seconds <= TimeSpan.MaxValue.TotalSeconds / 2))
                 throw new CliFailure($"--timeout must be a positive number of seconds (got {seconds.ToString(CultureInfo.InvariantCulture)}).");
 
             var configuration = OperatorSettings.Load(parse.GetValue(config));
-            var problems = RequestValidation.Validate(request, OperatorSettings.MaxSampleIdsPerRequest(configuration));
+            var problems = RequestValidation.Validate(request, OperatorSettings.MaxSampleIdsPerRequest(configuration),
+                OperatorSettings.MaxReplacementTextLength(configuration));
             if (problems.Count > 0)
                 throw new CliFailure("invalid request: " + string.Join(" ", problems));
             var transport = OperatorSettings.Transport(configuration);

@@ -106,6 +106,11 @@ public static partial class LocalInputs
         public (string Directory, IReadOnlyList<string> Ignored) Adapter(string adapterDir) =>
             Stage("adapter", adapterDir, [PeftAdapter.ConfigFileName, PeftAdapter.WeightsFileName]);
 
+        /// <summary>Stages the files of a base model (already validated, <see cref="ModelInputs.Validate"/>); returns the
+        /// folder and the files left out.</summary>
+        public (string Directory, IReadOnlyList<string> Ignored) Model(string modelDir, IReadOnlyList<string> files) =>
+            Stage("model", modelDir, files);
+
         /// <summary>Stages a cache or replacement set (already validated); returns the folder and the files left out.</summary>
         public (string Directory, IReadOnlyList<string> Ignored) Cache(string name, string cacheDir, GradientCacheManifest manifest) =>
             Stage(name, cacheDir, [GradientCacheManifest.FileName, .. manifest.Shards.SelectMany(s => new[] { s.File, s.Ids })]);

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.ComponentModel.DataAnnotations;
 using EraserWorker.Cli.Output;
+using EraserWorker.Contracts;
 using EraserWorker.Storage;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -119,6 +120,25 @@ public static class OperatorSettings
         if (!Validator.TryValidateObject(options, new ValidationContext(options), results, validateAllProperties: true))
             throw new CliFailure("invalid transport configuration: " + string.Join(" ", results.Select(r => r.ErrorMessage)));
         return options;
+    }
+
+    /// <summary><c>Eraser:Worker:MaxReplacementTextLength</c> (default 1 Mi characters): the worker's limit on the text of
+    /// one request's replacements.</summary>
+    public static int MaxReplacementTextLength(IConfiguration configuration)
+    {
+        const string key = "Eraser:Worker:MaxReplacementTextLength";
+        int value;
+        try
+        {
+            value = configuration.GetValue(key, RequestValidation.DefaultMaxReplacementTextLength);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new CliFailure($"invalid configuration: {e.Message}", e);
+        }
+        return value >= 1
+            ? value
+            : throw new CliFailure($"invalid configuration: {key} must be at least 1 (got {value}).");
     }
 
     /// <summary><c>Eraser:Worker:MaxSampleIdsPerRequest</c> (default 10000): the worker's per-request limit, so that

@@ -212,4 +212,39 @@ public static class SubmitText
         }
         return ids.Distinct(StringComparer.Ordinal).ToList();
     }
+
+    /// <summary>Reads text replacements: JSONL, one <c>{"id", "prompt", "response"}</c> object (strings) a line, blank
+    /// lines skipped. Only the shape is checked here; <see cref="RequestValidation.Validate"/> checks the rest.</summary>
+    public static List<TextReplacement> ParseReplacements(string file)
+    {
+        if (!File.Exists(file))
+            throw new CliFailure($"the replacements file '{file}' does not exist.");
+        var result = new List<TextReplacement>();
+        int number = 0;
+        foreach (var line in File.ReadLines(file, Encoding.UTF8))
+        {
+            number++;
+            if (string.IsNullOrWhiteSpace(line))
+                continue;
+            string where = $"{Path.GetFileName(file)}:{number}";
+            JsonObject o;
+            try
+            {
+                o = JsonNode.Parse(line) as JsonObject ?? throw new CliFailure($"{where}: not a JSON object.");
+            }
+            catch (JsonException e)
+            {
+                throw new CliFailure($"{where}: not valid JSON ({e.Message}).", e);
+            }
+            string Text(string key) => o[key] is JsonValue v && v.TryGetValue(out string? s) ? s
+                : throw new CliFailure($"{where}: '{key}' must be a string (a line is {{\"id\", \"prompt\", \"response\"}}).");
+            var unknown = o.Select(p => p.Key).Where(k => k is not ("id" or "prompt" or "response")).ToList();
+            if (unknown.Count > 0)
+                throw new CliFailure($"{where}: unknown field(s) {string.Join(", ", unknown)} (a line is {{\"id\", \"prompt\", \"response\"}}).");
+            result.Add(new TextReplacement(Text("id"), Text("prompt"), Text("response")));
+        }
+        if (result.Count == 0)
+            throw new CliFailure($"the replacements file '{file}' has no samples.");
+        return result;
+    }
 }

@@ -132,7 +132,7 @@ internal sealed class CurvatureRows : IDisposable
                     {
                         var right = cols.narrow(0, blocks[j].Start, blocks[j].Size);
                         gram.narrow(0, blocks[i].Start, blocks[i].Size).narrow(1, blocks[j].Start, blocks[j].Size)
-                            .add_(left.matmul(right.t()).to(ScalarType.Float64));
+                            .AddInPlace(left.matmul(right.t()).to(ScalarType.Float64));
                     }
                 }
                 progress?.Report(new EngineProgress("gram", Math.Min(p, c0 + panel), p));
@@ -166,7 +166,7 @@ internal sealed class CurvatureRows : IDisposable
         {
             using var scope = torch.NewDisposeScope();
             var block = _rows.narrow(0, first, Math.Min(step, Count - first));
-            sums.add_((block * block).sum(0, type: ScalarType.Float64));
+            sums.AddInPlace((block * block).sum(0, type: ScalarType.Float64));
         }
         _columnSquares = sums;
         return sums;

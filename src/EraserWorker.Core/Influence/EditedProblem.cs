@@ -1,3 +1,4 @@
+using EraserWorker.Core.Compute;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -76,12 +77,12 @@ internal sealed class EditedProblem
             ? torch.tensor(PreciseProducts.Combine(Rows.Rows, ya.cpu().data<double>().ToArray()), device: y.device)
             : Rows.Rows.t().mv(ya.to(Rows.DType)).to(ScalarType.Float64);
         if (ReplacementRows is not null)
-            result += ReplacementRows.to(ScalarType.Float64).t().mv(y.narrow(0, n, ReplacementCount));
+            result = result.Plus(ReplacementRows.to(ScalarType.Float64).t().mv(y.narrow(0, n, ReplacementCount)));
         return result;
     }
 
     /// <summary>H'v = D_Aᵀ D_A v + λv (one fused pass over the rows where the precise kernels apply).</summary>
-    public Tensor Hessian(Tensor v) => _precise ? HessianPrecise(v) : Backward(Forward(v)) + Lambda * v;
+    public Tensor Hessian(Tensor v) => _precise ? HessianPrecise(v) : Backward(Forward(v)).Plus(v.Times(Lambda));
 
     /// <summary>
     /// H'v with every product in float64, one pass over the rows (each block upcast once and used for both
@@ -95,15 +96,15 @@ internal sealed class EditedProblem
         if (PreciseProducts.Supports(Rows.Rows))
         {
             var dataTerm = PreciseProducts.DataTerm(Rows.Rows, KeepValues, v.cpu().data<double>().ToArray());
-            var precise = torch.tensor(dataTerm, device: v.device) + Lambda * v;
+            var precise = torch.tensor(dataTerm, device: v.device).Plus(v.Times(Lambda));
             if (ReplacementRows is not null)
             {
                 var rep64 = ReplacementRows.to(ScalarType.Float64);
-                precise.add_(rep64.t().mv(rep64.mv(v)));
+                precise.AddInPlace(rep64.t().mv(rep64.mv(v)));
             }
             return precise;
         }
-        var result = Lambda * v;
+        var result = v.Times(Lambda);
         long n = Rows.Count, step = Math.Max(1, (8L << 20) / Math.Max(1, Parameters));
         for (long first = 0; first < n; first += step)
         {
@@ -111,12 +112,12 @@ internal sealed class EditedProblem
             long count = Math.Min(step, n - first);
             var block = Rows.Rows.narrow(0, first, count).to(ScalarType.Float64);
             var projected = block.mv(v) * Keep.narrow(0, first, count);
-            result.add_(block.t().mv(projected));
+            result.AddInPlace(block.t().mv(projected));
         }
         if (ReplacementRows is not null)
         {
             var rep = ReplacementRows.to(ScalarType.Float64);
-            result.add_(rep.t().mv(rep.mv(v)));
+            result.AddInPlace(rep.t().mv(rep.mv(v)));
         }
         return result;
     }
@@ -136,7 +137,7 @@ internal sealed class EditedProblem
     public Tensor Diagonal()
     {
         var diag = Rows.ColumnSquares().clone();
-        var excluded = (Keep == 0).nonzero().flatten();
+        var excluded = Keep.EqualTo(0).nonzero().flatten();
         if (excluded.shape[0] > 0)
         {
             var rows = Rows.Rows.index_select(0, excluded).to(ScalarType.Float64);
@@ -145,20 +146,20 @@ internal sealed class EditedProblem
         if (ReplacementRows is not null)
         {
             var rep = ReplacementRows.to(ScalarType.Float64);
-            diag += (rep * rep).sum(0);
+            diag = diag.Plus((rep * rep).sum(0));
         }
-        return diag.clamp_min(0) + Lambda;
+        return diag.ClampMin(0).Plus(Lambda);
     }
 
     /// <summary>Picks rows of D_A (indices into the stacked active + replacement list) as a dense block.</summary>
     public Tensor SystemRowsAt(Tensor systemIndices)
     {
-        var isActive = systemIndices < ActiveCount;
+        var isActive = systemIndices.LessThan(ActiveCount);
         var activePart = systemIndices.masked_select(isActive);
         var block = Rows.Rows.index_select(0, ActiveIndices.index_select(0, activePart));
         if (ReplacementRows is null)
             return block;
-        var replacementPart = systemIndices.masked_select(isActive.logical_not()) - ActiveCount;
+        var replacementPart = systemIndices.masked_select(isActive.logical_not()).Minus(ActiveCount);
         return torch.cat([block, ReplacementRows.index_select(0, replacementPart)]);
     }
 }

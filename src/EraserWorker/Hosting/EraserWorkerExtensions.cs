@@ -35,6 +35,8 @@ public static class EraserWorkerExtensions
             sp.GetRequiredService<IOptions<StorageOptions>>().Value, sp.GetRequiredService<IStorageMetrics>())));
         services.AddEraserStorage(configuration);
         services.AddSingleton<WarmEngines>();
+        services.AddSingleton<WarmModels>();
+        services.AddSingleton<TextReplacementSets>();
         services.AddSingleton<AdapterUnlearningService>();
         services.AddEraserMessaging(configuration, bus => services.AddEraserDemo(configuration, bus));
         // Bounded: with the store down the SDK keeps retrying; readiness must answer "no" quickly (probes time out).

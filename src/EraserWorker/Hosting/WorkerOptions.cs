@@ -50,6 +50,14 @@ public sealed class WorkerOptions
     /// header, and an <c>InvalidRequest</c> failure is published when its requestId and adapterId can be read.</summary>
     [Range(1024, 128 << 20)] public int MaxMessageBytes { get; set; } = 1 << 20;
 
+    /// <summary>Most characters (UTF-16 code units) of all prompts and responses of one request's text
+    /// <c>replacements</c> together; a larger request fails with <c>InvalidRequest</c>.</summary>
+    [Range(1, 1 << 30)] public int MaxReplacementTextLength { get; set; } = EraserWorker.Contracts.RequestValidation.DefaultMaxReplacementTextLength;
+
+    /// <summary>Base models (with tokenizer and LoRA runtime) kept loaded for text replacements, least recently used
+    /// evicted. A model holds its weights in float32 on the compute device.</summary>
+    [Range(1, 100)] public int MaxWarmModels { get; set; } = 1;
+
     /// <summary>Adapters whose base and curvature rows stay in memory (least recently used are evicted).</summary>
     [Range(1, 1000)] public int MaxWarmAdapters { get; set; } = 4;
 

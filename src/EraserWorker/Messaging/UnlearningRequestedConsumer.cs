@@ -13,7 +13,8 @@ namespace EraserWorker.Messaging;
 /// <summary>
 /// Consumes batches of <see cref="UnlearningRequested"/> (grouped by adapter by the definition). Each request is
 /// validated alone; a bad one fails with its code and never takes its batch-mates down. Events are published before
-/// the batch is acknowledged, so a crash anywhere leads to redelivery, which re-emits completions, never re-applies.
+/// the batch is acknowledged, so a crash anywhere leads to redelivery, which re-emits completions and re-announces their
+/// versions (at least once), never re-applies.
 /// </summary>
 public sealed class UnlearningRequestedConsumer(
     AdapterUnlearningService service,
@@ -34,7 +35,7 @@ public sealed class UnlearningRequestedConsumer(
         {
             var request = item.Message;
             metrics.RequestReceived(request.Task);
-            var problems = RequestValidation.Validate(request, options.Value.MaxSampleIdsPerRequest);
+            var problems = RequestValidation.Validate(request, options.Value.MaxSampleIdsPerRequest, options.Value.MaxReplacementTextLength);
             if (problems.Count == 0 && !AdapterStore.IsStorableAdapterId(request.AdapterId))
                 problems = [$"adapterId '{request.AdapterId}' uses a segment reserved by the store ({string.Join(", ", AdapterStore.ReservedSegments)}) after its first segment."];
             if (problems.Count > 0)
@@ -67,6 +68,11 @@ public sealed class UnlearningRequestedConsumer(
             failures.AddRange(outcome.Failed);
             if (outcome.Published is not null)
                 published.Add(outcome.Published);
+            foreach (var again in outcome.Reannounced ?? [])
+            {
+                logger.LogInformation("Announcing {AdapterId} version {Version} again: redelivered requests were applied in it", again.AdapterId, again.Version);
+                published.Add(again);
+            }
         }
 
         // A request delivered twice in one batch (at-least-once delivery) appears twice in `valid`.

@@ -20,6 +20,7 @@ namespace EraserWorker.Unlearning;
 public sealed class AdapterUnlearningService(
     AdapterStore store,
     WarmEngines engines,
+    TextReplacementSets textReplacements,
     IOptions<WorkerOptions> options,
     EraserMetrics metrics,
     TimeProvider clock,
@@ -66,31 +67,47 @@ public sealed class AdapterUnlearningService(
         var failed = new List<UnlearningFailed>();
         var pending = new List<(UnlearningRequested Request, DateTimeOffset? SentAt)>();
         var seen = new HashSet<string>(StringComparer.Ordinal);
+        var reemittedIn = new SortedSet<int>();
         foreach (var item in batch)
         {
             if (!seen.Add(item.Request.RequestId))
                 continue; // the same request twice in one batch is answered once
             if (current.RequestHistory.TryGetValue(item.Request.RequestId, out int appliedIn))
+            {
                 completed.Add(await ReemitAsync(item.Request, appliedIn, cancellation));
+                reemittedIn.Add(appliedIn);
+            }
             else
+            {
                 pending.Add(item);
+            }
         }
+        // At-least-once announcement: a redelivered request means its first delivery was never acknowledged, so the
+        // worker that applied it may have died between moving the head and publishing. Announce its version again
+        // (consumers dedupe by adapterId and version).
+        var reannounced = new List<AdapterVersionPublished>();
+        foreach (int v in reemittedIn)
+            reannounced.Add(await AnnouncementAsync(adapterId, v, cancellation));
 
         var edits = current.EditSet;
         var accepted = new List<(UnlearningRequested Request, DateTimeOffset? SentAt)>();
         foreach (var item in pending)
         {
-            var problem = await CheckAsync(warm, item.Request, cancellation);
+            // Text replacements become a stored replacement set first; from then on the request has its replacementsUri.
+            var (request, problem) = await textReplacements.ResolveAsync(warm, item.Request, cancellation);
+            problem ??= await CheckAsync(warm, request, cancellation);
             if (problem is not null)
             {
                 failed.Add(problem);
                 continue;
             }
-            edits = Apply(edits, item.Request);
-            accepted.Add(item);
+            edits = Apply(edits, request);
+            accepted.Add((request, item.SentAt));
         }
         if (accepted.Count == 0)
-            return new BatchOutcome(completed, failed, null);
+            return new BatchOutcome(completed, failed, null, reannounced);
+        // Sets of requests applied in earlier versions are replayed too; open those this process has not seen.
+        await ReplayedReplacementSets.EnsureLoadedAsync(store, warm, edits, cancellation);
 
         var solverOptions = new SolverOptions { Solver = options.Value.Solver, Damping = options.Value.Damping };
         UnlearningUpdate update;
@@ -107,7 +124,7 @@ public sealed class AdapterUnlearningService(
             if (alone.Count == 0 || alone.Count == accepted.Count)
             {
                 failed.AddRange(accepted.Where(a => !failed.Any(f => f.RequestId == a.Request.RequestId)).Select(a => Failure(a.Request, code, e.Message)));
-                return new BatchOutcome(completed, failed, null);
+                return new BatchOutcome(completed, failed, null, reannounced);
             }
             logger.LogWarning("{Failed} request(s) of the batch for {AdapterId} fail alone; solving the other {Count} again",
                 accepted.Count - alone.Count, adapterId, alone.Count);
@@ -120,7 +137,7 @@ public sealed class AdapterUnlearningService(
             catch (Exception again) when (SolveFailureCode(again) is { } code2)
             {
                 failed.AddRange(accepted.Select(a => Failure(a.Request, code2, again.Message)));
-                return new BatchOutcome(completed, failed, null);
+                return new BatchOutcome(completed, failed, null, reannounced);
             }
         }
         metrics.ObserveSolve(update.Report.Solver, update.Report.Seconds, update.Report.Iterations, update.Report.RelativeResidual);
@@ -200,7 +217,7 @@ public sealed class AdapterUnlearningService(
         logger.LogInformation("Published {AdapterId} version {Version}: {Requests} request(s), {Solver} {Iterations} it, residual {Residual:E1}, {Seconds:F3} s",
             adapterId, version, accepted.Count, solver.Name, solver.Iterations, solver.RelativeResidual, solver.Seconds);
         return new BatchOutcome(completed, failed,
-            new AdapterVersionPublished(adapterId, version, written.Uri, written.Sha256, accepted.Select(a => a.Request.RequestId).ToList()));
+            new AdapterVersionPublished(adapterId, version, written.Uri, written.Sha256, accepted.Select(a => a.Request.RequestId).ToList()), reannounced);
     }
 
     /// <summary>Waits while another writer's claim on <paramref name="version"/> is younger than
@@ -371,6 +388,15 @@ public sealed class AdapterUnlearningService(
             ?? throw new InvalidDataException($"Version {version} of '{request.AdapterId}' is listed in the history but incomplete.");
         return new UnlearningCompleted(request.RequestId, request.AdapterId, version, reference.Uri, reference.Sha256,
             manifest.CreatedAt, manifest.Solver ?? new SolverSummary("none", 0, 0, 0, 0));
+    }
+
+    /// <summary>The <see cref="AdapterVersionPublished"/> of an existing version, rebuilt from its manifest.</summary>
+    private async Task<AdapterVersionPublished> AnnouncementAsync(string adapterId, int version, CancellationToken cancellation)
+    {
+        var manifest = await ReadManifestAsync(adapterId, version, cancellation);
+        var reference = await store.GetVersionAsync(adapterId, version, cancellation)
+            ?? throw new InvalidDataException($"Version {version} of '{adapterId}' is listed in the history but incomplete.");
+        return new AdapterVersionPublished(adapterId, version, reference.Uri, reference.Sha256, manifest.Requests.Select(r => r.RequestId).ToList());
     }
 
     private async Task<VersionManifest> ReadManifestAsync(string adapterId, int version, CancellationToken cancellation)

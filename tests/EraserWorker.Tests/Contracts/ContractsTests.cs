@@ -72,6 +72,35 @@ public sealed class ContractsTests
         Assert.Throws<ArgumentOutOfRangeException>(() => RequestValidation.Validate(foreign, 0));
     }
 
+    [Fact]
+    public void Text_replacements_must_name_exactly_the_sample_ids_once_with_texts_within_the_limit()
+    {
+        static UnlearningRequested With(string[] ids, params TextReplacement?[] texts) =>
+            new("r", "bot", UnlearningTasks.CorrectResponse, ids, Replacements: texts!);
+        static IReadOnlyList<string> Check(UnlearningRequested request, int maxText = 100) => RequestValidation.Validate(request, 10, maxText);
+
+        Assert.Empty(Check(With(["a", "b"], new("b", "", "y"), new("a", "p", "x"))));
+        Assert.Contains(Check(With(["a", "b"], new TextReplacement("a", "p", "x"))), p => p.Contains("no sample for sampleIds 'b'"));
+        Assert.Contains(Check(With(["a"], new("a", "p", "x"), new("c", "p", "x"))), p => p.Contains("names 'c', not in sampleIds"));
+        Assert.Contains(Check(With(["a"], new("a", "p", "x"), new("a", "q", "y"))), p => p.Contains("names 'a' more than once"));
+        Assert.Contains(Check(With(["a"], new TextReplacement("a\n", "p", "x"))), p => p.StartsWith("replacements[0].id"));
+        Assert.Contains(Check(With(["a"], new TextReplacement("a", null!, "x"))), p => p.StartsWith("replacements[0].prompt"));
+        Assert.Contains(Check(With(["a"], new TextReplacement("a", "p", ""))), p => p.StartsWith("replacements[0].response"));
+        Assert.Contains(Check(With(["a"], new TextReplacement("a", "p", null!))), p => p.StartsWith("replacements[0].response"));
+        Assert.Contains(Check(With(["a"], [null])), p => p.Contains("replacements[0] is missing"));
+        Assert.Contains(Check(With(["a"])), p => p.Contains("at least one sample"));
+        Assert.Contains(Check(With(["a"], new TextReplacement("a", new string('p', 60), new string('r', 41)))), p => p.Contains("101 characters of text; at most 100"));
+        Assert.Empty(Check(With(["a"], new TextReplacement("a", new string('p', 60), new string('r', 40)))));
+        // Exactly one of replacementsUri and replacements for modifyQuery / correctResponse; neither for remove.
+        var text = new TextReplacement("a", "p", "x");
+        Assert.Contains(Check(new("r", "bot", UnlearningTasks.ModifyQuery, ["a"], "eraser:adapters/bot/replacements/x1", [text])), p => p.Contains("not both"));
+        Assert.Contains(Check(new("r", "bot", UnlearningTasks.ModifyQuery, ["a"])), p => p.Contains("is required for task 'modifyQuery'"));
+        Assert.Contains(Check(new("r", "bot", UnlearningTasks.Remove, ["a"], Replacements: [text])), p => p.Contains("replacements must be absent for task 'remove'"));
+        // Wire form: camelCase, absent when null.
+        Assert.Equal("""{"requestId":"r","adapterId":"bot","task":"correctResponse","sampleIds":["a"],"replacements":[{"id":"a","prompt":"p","response":"x"}]}""",
+            ContractJson.Serialize(With(["a"], text)));
+    }
+
     [Theory]
     [InlineData("eraser:adapters/bot/replacements/x1", "bot", "x1")]
     [InlineData("eraser:adapters/a/replacements/b/replacements/c", "a/replacements/b", "c")]

@@ -46,6 +46,8 @@ public sealed class SchemaSyncTests
         yield return [new UnlearningRequested("req-1", "tenant-a/support-bot", UnlearningTasks.Remove, ["s1", "sample two", "ünïcödé 🙂"])];
         yield return [new UnlearningRequested("req-2", "bot", UnlearningTasks.ModifyQuery, ["s1"], "eraser:adapters/bot/replacements/r-20260101t000000z-0a1b2c3d")];
         yield return [new UnlearningRequested("req-3", "a.b/c_d-e", UnlearningTasks.CorrectResponse, ["x"], "eraser:adapters/a.b/c_d-e/replacements/fix1")];
+        yield return [new UnlearningRequested("req-4", "bot", UnlearningTasks.CorrectResponse, ["x", "y"],
+            Replacements: [new TextReplacement("x", "What is 2+2?", " 4"), new TextReplacement("y", "", "ünïcödé 🙂\nsecond line")])];
         yield return [new UnlearningCompleted("req-1", "tenant-a/support-bot", 3, "http://127.0.0.1:10000/devstoreaccount1/eraser/adapters/tenant-a/support-bot/versions/000003/",
             new string('a', 64), new DateTimeOffset(2026, 1, 2, 3, 4, 5, TimeSpan.Zero), new SolverSummary("direct", 1, 0.25, 1e-12, 0.0))];
         yield return [new UnlearningCompleted("r", "x", 1, "file:///data/adapters/x/versions/000001/", new string('0', 64), DateTimeOffset.UnixEpoch,
@@ -82,6 +84,8 @@ public sealed class SchemaSyncTests
         AssertPropertiesMatch(type, schema, type.Name);
         if (type == typeof(UnlearningCompleted))
             AssertPropertiesMatch(typeof(SolverSummary), schema["$defs"]!["solverSummary"]!.AsObject(), nameof(SolverSummary));
+        if (type == typeof(UnlearningRequested))
+            AssertPropertiesMatch(typeof(TextReplacement), schema["$defs"]!["textReplacement"]!.AsObject(), nameof(TextReplacement));
     }
 
     private static void AssertPropertiesMatch(Type type, JsonObject schema, string what)
@@ -224,6 +228,16 @@ public sealed class SchemaSyncTests
         { """{"requestId":"r1","adapterId":"bot","task":"Remove","sampleIds":["a"]}""", false },
         { """{"requestId":"r1","adapterId":"bot","task":"remove","sampleIds":[]}""", false },
         { """{"requestId":"r1","adapterId":"bot","task":"remove","sampleIds":[""]}""", false },
+        // Extension: text replacements (the id-set rule is the validator's alone; these cases agree).
+        { """{"requestId":"r1","adapterId":"bot","task":"correctResponse","sampleIds":["a"],"replacements":[{"id":"a","prompt":"p","response":"r"}]}""", true },
+        { """{"requestId":"r1","adapterId":"bot","task":"modifyQuery","sampleIds":["a","b"],"replacementsUri":null,"replacements":[{"id":"b","prompt":"","response":"r"},{"id":"a","prompt":"q","response":"s"}]}""", true },
+        { """{"requestId":"r1","adapterId":"bot","task":"correctResponse","sampleIds":["a"],"replacementsUri":"eraser:adapters/bot/replacements/x1","replacements":null}""", true },
+        { """{"requestId":"r1","adapterId":"bot","task":"correctResponse","sampleIds":["a"],"replacementsUri":"eraser:adapters/bot/replacements/x1","replacements":[{"id":"a","prompt":"p","response":"r"}]}""", false },
+        { """{"requestId":"r1","adapterId":"bot","task":"correctResponse","sampleIds":["a"],"replacements":null}""", false },
+        { """{"requestId":"r1","adapterId":"bot","task":"correctResponse","sampleIds":["a"],"replacements":[]}""", false },
+        { """{"requestId":"r1","adapterId":"bot","task":"correctResponse","sampleIds":["a"],"replacements":[{"id":"a","prompt":"p","response":""}]}""", false },
+        { """{"requestId":"r1","adapterId":"bot","task":"correctResponse","sampleIds":["a\n"],"replacements":[{"id":"a\n","prompt":"p","response":"r"}]}""", false },
+        { """{"requestId":"r1","adapterId":"bot","task":"remove","sampleIds":["a"],"replacements":[{"id":"a","prompt":"p","response":"r"}]}""", false },
     };
 
     [Theory]

@@ -151,6 +151,11 @@ public sealed class MidWriteFailureTests(ITestOutputHelper output) : IDisposable
         Assert.True(faulty.Injected, "the fault was not injected; uploads: " + string.Join(", ", faulty.Uploads));
         Assert.Empty(harness.Published.Select<UnlearningFailed>(new CancellationToken(true)));
         Assert.All(harness.Published.Select<UnlearningCompleted>(new CancellationToken(true)), c => Assert.Equal(1, c.Context.Message.Version));
+        // Version 1 is announced, also when the attempt that moved the head failed before publishing (head.json, after the
+        // write): the retry finds the request applied and announces its version again (at least once).
+        var announced = harness.Published.Select<AdapterVersionPublished>(new CancellationToken(true)).Select(m => m.Context.Message).ToList();
+        Assert.True(announced.Count >= 1, "version 1 was never announced; uploads: " + string.Join(", ", faulty.Uploads));
+        Assert.All(announced, v => Assert.Equal((1, completed[0].Sha256, "mid-write-1"), (v.Version, v.Sha256, Assert.Single(v.RequestIds))));
         var store = new AdapterStore(new FileSystemBlobStore(root));
         Assert.Equal(new[] { 0, 1 }, await store.ListVersionsAsync(AdapterId));
         Assert.Equal(1, (await store.GetHeadAsync(AdapterId))!.Version);
@@ -163,15 +168,65 @@ public sealed class MidWriteFailureTests(ITestOutputHelper output) : IDisposable
         output.WriteLine($"uploads: {string.Join(" → ", faulty.Uploads)}; reader passes {reader.Reads}");
     }
 
+    /// <summary>A worker that dies between moving the head and publishing: the first host applies the request (the head
+    /// moves to version 1) and is stopped without publishing anything, as a kill at that moment leaves it — the request
+    /// unacknowledged, no event. The broker redelivers the request to the next worker (a fresh host on the same store):
+    /// it answers from the history, never re-applies, and announces version 1 — the announcement the dead worker lost.</summary>
+    [Fact]
+    public async Task A_version_announcement_lost_between_head_move_and_publish_arrives_on_redelivery_after_restart()
+    {
+        var ridge = new RidgeOracle(seed: 63);
+        string root = Path.Combine(_temp.Path, "store");
+        var (adapter, cache) = ridge.WriteFiles(_temp.Sub("source"));
+        var store = new AdapterStore(new FileSystemBlobStore(root));
+        await store.RegisterAsync(AdapterId, adapter, cache);
+        var request = new UnlearningRequested("lost-announcement-1", AdapterId, UnlearningTasks.Remove, [ridge.Ids[2], ridge.Ids[5]]);
+
+        BatchOutcomeSummary dead;
+        await using (var first = await StartInProcessWorkerAsync(root, new FileSystemBlobStore(root)))
+        {
+            // What the consumer does up to the head move; the process "dies" before publishing the outcome.
+            var outcome = await first.Services.GetRequiredService<EraserWorker.Unlearning.AdapterUnlearningService>()
+                .ApplyAsync(AdapterId, [(request, DateTimeOffset.UtcNow)], CancellationToken.None);
+            dead = new BatchOutcomeSummary(outcome.Published!.Version, outcome.Published.Sha256);
+            Assert.Empty(first.Services.GetRequiredService<ITestHarness>().Published.Select<AdapterVersionPublished>(new CancellationToken(true)));
+        }
+        Assert.Equal(1, dead.Version);
+        Assert.Equal(1, (await store.GetHeadAsync(AdapterId))!.Version);
+
+        await using var second = await StartInProcessWorkerAsync(root, new FileSystemBlobStore(root), _temp.Sub("work-2"));
+        var harness = second.Services.GetRequiredService<ITestHarness>();
+        await harness.Bus.Publish(request); // the redelivery of the unacknowledged request
+        var watch = Stopwatch.StartNew();
+        List<AdapterVersionPublished> announced;
+        while ((announced = harness.Published.Select<AdapterVersionPublished>(new CancellationToken(true)).Select(m => m.Context.Message).ToList()).Count == 0
+               || !harness.Published.Select<UnlearningCompleted>(new CancellationToken(true)).Any())
+        {
+            Assert.True(watch.Elapsed < TimeSpan.FromSeconds(30), "version 1 was not announced (and the request answered) within 30 s of the redelivery");
+            await Task.Delay(50);
+        }
+        await Task.Delay(300);
+        var version = Assert.Single(announced);
+        Assert.Equal((AdapterId, 1, dead.Sha256), (version.AdapterId, version.Version, version.Sha256));
+        Assert.Equal(new[] { request.RequestId }, version.RequestIds);
+        Assert.EndsWith("/versions/000001/", version.AdapterUri, StringComparison.Ordinal);
+        var completed = Assert.Single(harness.Published.Select<UnlearningCompleted>(new CancellationToken(true)).Select(m => m.Context.Message));
+        Assert.Equal((1, dead.Sha256), (completed.Version, completed.Sha256));
+        Assert.Equal(new[] { 0, 1 }, await store.ListVersionsAsync(AdapterId)); // answered from the history, not re-applied
+        output.WriteLine($"announced after {watch.Elapsed.TotalSeconds:F1} s: {System.Text.Json.JsonSerializer.Serialize(version)}");
+    }
+
+    private sealed record BatchOutcomeSummary(int Version, string Sha256);
+
     /// <summary>The worker composed as Program.cs does, on the folder store, with <paramref name="blobs"/> as its
     /// <see cref="IBlobStore"/> and MassTransit's test harness as the bus.</summary>
-    private async Task<WebApplication> StartInProcessWorkerAsync(string root, IBlobStore blobs)
+    private async Task<WebApplication> StartInProcessWorkerAsync(string root, IBlobStore blobs, string? workDirectory = null)
     {
         var builder = WebApplication.CreateBuilder(new WebApplicationOptions { ContentRootPath = _temp.Path, EnvironmentName = "Production" });
         builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
         {
             ["Eraser:Storage:Root"] = root,
-            ["Eraser:Worker:WorkDirectory"] = _temp.Sub("work"),
+            ["Eraser:Worker:WorkDirectory"] = workDirectory ?? _temp.Sub("work"),
             ["Eraser:Http:Port"] = "0",
             ["Eraser:Worker:BatchTimeLimit"] = "00:00:00.200",
             ["Eraser:Compute:Device"] = "cpu",

@@ -104,10 +104,10 @@ public sealed class SecurityTests(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>
-    /// The worker process on a RabbitMQ user with a secret-looking password and on Azurite through an account SAS with
-    /// exactly the permissions docs/reliability.md lists (blob service; container and object; read, create, write, delete,
-    /// list), logging at Debug: requests complete (so those permissions suffice), and neither the password nor the
-    /// SAS appears in any log line or event. Then a second process with a wrong password and a wrong account key: it
+    /// The worker process on a RabbitMQ user with a secret-looking password and on Azurite through a service SAS scoped to
+    /// its one container with exactly the permissions docs/reliability.md lists (read, create, write, delete, list) and
+    /// <c>Eraser:Storage:CreateContainer=false</c>, logging at Debug: it becomes ready, requests complete and their version
+    /// is published (so those permissions suffice), and neither the password nor the SAS appears in any log line or event. Then a second process with a wrong password and a wrong account key: it
     /// logs its connection failures — without either secret.
     /// </summary>
     [ServiceFact]
@@ -120,19 +120,17 @@ public sealed class SecurityTests(ITestOutputHelper output) : IDisposable
         string user = "eraser-secret-" + Guid.NewGuid().ToString("N")[..8];
         await using var management = await RabbitMqUser.CreateAsync(user, password, bed.VirtualHost.Name);
 
-        var service = bed.Container.Service;
-        var sasUri = service.GenerateAccountSasUri(
-            AccountSasPermissions.Read | AccountSasPermissions.Create | AccountSasPermissions.Write | AccountSasPermissions.Delete
-            | AccountSasPermissions.List,
-            DateTimeOffset.UtcNow.AddHours(1), AccountSasResourceTypes.Container | AccountSasResourceTypes.Object);
-        string sas = sasUri.Query.TrimStart('?');
+        // Least privilege: a service SAS for the worker's one container (sp=rcwdl), and no container creation.
+        string sasConnectionString = ContainerSasConnectionString(bed.Container, BlobContainerSasPermissions.Read | BlobContainerSasPermissions.Create
+            | BlobContainerSasPermissions.Write | BlobContainerSasPermissions.Delete | BlobContainerSasPermissions.List, out string sas);
         string signature = Uri.UnescapeDataString(sas.Split('&').Single(p => p.StartsWith("sig=", StringComparison.Ordinal))[4..]);
-        string endpoint = service.Uri.GetLeftPart(UriPartial.Path).TrimEnd('/');
+        string endpoint = bed.Container.Service.Uri.GetLeftPart(UriPartial.Path).TrimEnd('/');
         var debug = new Dictionary<string, string>
         {
             ["Eraser__Transport__Username"] = user,
             ["Eraser__Transport__Password"] = password,
-            ["Eraser__Storage__ConnectionString"] = $"BlobEndpoint={endpoint};SharedAccessSignature={sas}",
+            ["Eraser__Storage__ConnectionString"] = sasConnectionString,
+            ["Eraser__Storage__CreateContainer"] = "false",
             ["Logging__LogLevel__Default"] = "Debug",
             ["Logging__LogLevel__MassTransit"] = "Debug",
             ["Logging__LogLevel__Microsoft"] = "Debug",
@@ -147,6 +145,9 @@ public sealed class SecurityTests(ITestOutputHelper output) : IDisposable
         await broker.CollectForAsync(TimeSpan.FromSeconds(1));
         Assert.DoesNotContain("?", completed.AdapterUri);
         Assert.StartsWith(endpoint, completed.AdapterUri, StringComparison.Ordinal);
+        Assert.Equal(1, completed.Version); // read the head, cache and base, wrote version 1, moved the head, on the container SAS
+        Assert.Contains(broker.Published, p => p.Version == 1);
+        Assert.Equal(HttpStatusCode.OK, await worker.ReadyStatusAsync());
 
         // A second process: wrong password, wrong account key (both secret-looking); it keeps failing to connect.
         string wrongPassword = "Wr0ng-" + Guid.NewGuid().ToString("N");
@@ -173,25 +174,109 @@ public sealed class SecurityTests(ITestOutputHelper output) : IDisposable
         AssertNoSecret(string.Join("\n", broker.All.Select(e => e.Text)), "the events", password, sas, signature, Uri.EscapeDataString(signature));
     }
 
-    /// <summary>What a SAS must allow (docs/reliability.md): the account SAS of the test above works; a service SAS scoped
-    /// to the (existing) container, with every container permission, does not: the store creates its container if
-    /// missing and reads the container's properties for readiness, operations such a SAS does not allow.</summary>
+    /// <summary>A service SAS scoped to one existing container, signed with Azurite's development account key
+    /// (<see cref="BlobSasBuilder"/>), with exactly the permissions docs/reliability.md lists: read, create, write, delete,
+    /// list (<c>sp=rcwdl</c>). It is all the store needs: readiness, registration, versions, the head, replacement sets,
+    /// prune — with <c>Eraser:Storage:CreateContainer</c> false (production) and true (the store then finds it may not
+    /// create containers and checks that this one exists). A container that does not exist is reported, not created.</summary>
     [ServiceFact]
-    public async Task A_container_scoped_SAS_is_not_enough_because_the_store_creates_its_container()
+    public async Task A_container_scoped_SAS_with_read_create_write_delete_list_is_all_the_store_needs()
     {
         await using var container = AzuriteContainer.Create();
-        await container.Client.CreateIfNotExistsAsync();
-        var sas = container.Client.GenerateSasUri(BlobContainerSasPermissions.All, DateTimeOffset.UtcNow.AddHours(1)).Query.TrimStart('?');
-        string endpoint = container.Service.Uri.GetLeftPart(UriPartial.Path).TrimEnd('/');
-        var store = AzureBlobStore.Create(new StorageOptions
+        await container.Client.CreateAsync();
+        var permissions = BlobContainerSasPermissions.Read | BlobContainerSasPermissions.Create | BlobContainerSasPermissions.Write
+                          | BlobContainerSasPermissions.Delete | BlobContainerSasPermissions.List;
+        string connectionString = ContainerSasConnectionString(container, permissions, out string sas);
+        output.WriteLine($"container SAS: {System.Text.RegularExpressions.Regex.Replace(sas, "sig=[^&]*", "sig=…")}");
+        Assert.Contains("sr=c", sas);
+        Assert.Contains("sp=rcwdl", sas);
+
+        // What such a SAS does not allow (why CreateContainer=false is the production setting): creating the container.
+        var sasContainer = new BlobContainerClient(new Uri($"{container.Client.Uri}?{sas}"));
+        var refused = await Assert.ThrowsAsync<Azure.RequestFailedException>(() => sasContainer.CreateIfNotExistsAsync());
+        output.WriteLine($"create container with the container SAS: {refused.Status} {refused.ErrorCode}");
+        Assert.Equal(403, refused.Status);
+        foreach (bool create in new[] { false, true })
         {
-            Kind = StorageKind.AzureBlob,
-            ConnectionString = $"BlobEndpoint={endpoint};SharedAccessSignature={sas}",
-            Container = container.Name,
-        });
-        bool reachable = await store.IsReachableAsync();
-        output.WriteLine($"container-scoped SAS: reachable = {reachable}");
-        Assert.False(reachable);
+            var blobs = AzureBlobStore.Create(new StorageOptions { Kind = StorageKind.AzureBlob, ConnectionString = connectionString, Container = container.Name, CreateContainer = create });
+            await blobs.InitializeAsync();
+            Assert.True(await blobs.IsReachableAsync(), $"CreateContainer={create}: not reachable with the container SAS");
+        }
+        var options = new StorageOptions { Kind = StorageKind.AzureBlob, ConnectionString = connectionString, Container = container.Name, CreateContainer = false, WriterId = "sas-writer" };
+        var store = new AdapterStore(StorageServiceCollectionExtensions.CreateBlobStore(options), options);
+        var ridge = new RidgeOracle(seed: 82);
+        var (adapter, cache) = ridge.WriteFiles(_temp.Sub("source"));
+        await store.RegisterAsync("tenant-a/sas-bot", adapter, cache);
+        string v1 = _temp.Sub("v1");
+        foreach (var file in Directory.GetFiles(adapter))
+            File.Copy(file, Path.Combine(v1, Path.GetFileName(file)));
+        File.WriteAllText(Path.Combine(v1, AdapterStore.ManifestFileName), """{"format":"eraser.manifest/v1","version":1,"parentVersion":0}""");
+        await store.WriteVersionAsync("tenant-a/sas-bot", 1, v1);
+        Assert.True(await store.TryAdvanceHeadAsync("tenant-a/sas-bot", 1, (await store.GetHeadAsync("tenant-a/sas-bot"))!.ETag));
+        Assert.Equal(new[] { 0, 1 }, await store.ListVersionsAsync("tenant-a/sas-bot"));
+        await store.DownloadVersionAsync("tenant-a/sas-bot", 1, _temp.Sub("download"));
+        await store.DownloadCacheAsync("tenant-a/sas-bot", _temp.Sub("cache"));
+        string uri = await store.UploadReplacementsAsync("tenant-a/sas-bot", AdapterStore.NewReplacementName(), cache);
+        await store.DownloadReplacementsAsync("tenant-a/sas-bot", uri, _temp.Sub("replacements"));
+        Assert.Empty((await store.PruneAsync("tenant-a/sas-bot")).Kept);
+        Assert.Equal(new[] { "tenant-a/sas-bot" }, await store.ListAdaptersAsync().ToListAsync());
+
+        // A container that does not exist: with CreateContainer false it is reported (not ready; a clear error), never created.
+        var missing = AzureBlobStore.Create(new StorageOptions { Kind = StorageKind.AzureBlob, ConnectionString = container.ConnectionString, Container = container.Name + "-missing", CreateContainer = false });
+        Assert.False(await missing.IsReachableAsync());
+        var error = await Assert.ThrowsAsync<InvalidOperationException>(() => missing.InitializeAsync());
+        output.WriteLine(error.Message);
+        Assert.Contains("Eraser:Storage:CreateContainer is false", error.Message);
+        Assert.False((await container.Service.GetBlobContainerClient(container.Name + "-missing").ExistsAsync()).Value);
+    }
+
+    /// <summary>A read-only container SAS (<c>sp=rl</c>): the store is reachable and reads work, every write fails at once
+    /// with <see cref="StorageAccessDeniedException"/>, whose message names the operation, the blob and the permissions
+    /// needed — and not the signature.</summary>
+    [ServiceFact]
+    public async Task A_read_only_SAS_reads_but_writes_fail_clearly()
+    {
+        await using var container = AzuriteContainer.Create();
+        var ridge = new RidgeOracle(seed: 83);
+        var (adapter, cache) = ridge.WriteFiles(_temp.Sub("source"));
+        await new AdapterStore(new AzureBlobStore(container.Client)).RegisterAsync("tenant-a/ro-bot", adapter, cache);
+        string connectionString = ContainerSasConnectionString(container, BlobContainerSasPermissions.Read | BlobContainerSasPermissions.List, out string sas);
+        string signature = Uri.UnescapeDataString(sas.Split('&').Single(p => p.StartsWith("sig=", StringComparison.Ordinal))[4..]);
+        var options = new StorageOptions { Kind = StorageKind.AzureBlob, ConnectionString = connectionString, Container = container.Name, CreateContainer = false };
+        var store = new AdapterStore(StorageServiceCollectionExtensions.CreateBlobStore(options), options);
+
+        Assert.True(await store.Blobs.IsReachableAsync());
+        Assert.Equal(0, (await store.GetHeadAsync("tenant-a/ro-bot"))!.Version);
+        await store.DownloadVersionAsync("tenant-a/ro-bot", 0, _temp.Sub("v0"));
+
+        var watch = Stopwatch.StartNew();
+        var denied = await Assert.ThrowsAsync<StorageAccessDeniedException>(() => store.RegisterAsync("tenant-a/other-bot", adapter, cache));
+        output.WriteLine($"after {watch.Elapsed.TotalSeconds:F1} s: {denied.Message}");
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(10), "a permission error must not be retried for long");
+        Assert.Equal("write", denied.Operation);
+        Assert.Contains("read, create, write, delete and list", denied.Message);
+        Assert.Contains(container.Name, denied.Message);
+        AssertNoSecret(denied.ToString(), "the exception", signature, Uri.EscapeDataString(signature));
+        var delete = await Assert.ThrowsAsync<StorageAccessDeniedException>(() => store.Blobs.DeleteAsync(AdapterStore.HeadName("tenant-a/ro-bot")));
+        Assert.Equal("delete", delete.Operation);
+        Assert.Equal(0, (await store.GetHeadAsync("tenant-a/ro-bot"))!.Version);
+    }
+
+    /// <summary>A connection string with a service SAS for <paramref name="container"/> only, signed with the account key of
+    /// the test Azurite's connection string (Azurite's published development key).</summary>
+    private static string ContainerSasConnectionString(AzuriteContainer container, BlobContainerSasPermissions permissions, out string sas)
+    {
+        var parts = container.ConnectionString.Split(';', StringSplitOptions.RemoveEmptyEntries)
+            .Select(p => p.Split('=', 2)).ToDictionary(p => p[0], p => p.Length > 1 ? p[1] : "", StringComparer.OrdinalIgnoreCase);
+        var builder = new BlobSasBuilder(permissions, DateTimeOffset.UtcNow.AddHours(1))
+        {
+            BlobContainerName = container.Name,
+            Resource = "c",
+            StartsOn = DateTimeOffset.UtcNow.AddMinutes(-5),
+        };
+        sas = builder.ToSasQueryParameters(new Azure.Storage.StorageSharedKeyCredential(parts["AccountName"], parts["AccountKey"])).ToString();
+        string endpoint = container.Service.Uri.GetLeftPart(UriPartial.Path).TrimEnd('/');
+        return $"BlobEndpoint={endpoint};SharedAccessSignature={sas}";
     }
 
     /// <summary><c>Eraser:Transport:UseTls</c> really switches to TLS: against the broker's plaintext port the TLS handshake

@@ -95,8 +95,18 @@ public sealed class WorkerKillTests(ITestOutputHelper output)
         Assert.Equal(union, audit.HeadRemoved().Order(StringComparer.Ordinal));
         // Announced versions are published versions (on the chain), never orphans.
         Assert.All(broker.Published, p => Assert.Contains(p.Version, audit.Chain));
-        int unannounced = audit.Chain.Skip(1).Count(v => broker.Published.All(p => p.Version != v));
-        bed.Log($"chain versions without an AdapterVersionPublished event (killed between head move and publish): {unannounced}");
+        // ... and every version of the chain is announced at least once: a process killed between moving the head and
+        // publishing leaves its requests unacknowledged, and their redelivery announces the version again.
+        var unannounced = audit.Chain.Skip(1).Where(v => broker.Published.All(p => p.Version != v)).ToList();
+        int reannounced = broker.Published.GroupBy(p => p.Version).Sum(g => g.Count() - 1);
+        bed.Log($"AdapterVersionPublished: {broker.Published.Count} events for {audit.Chain.Count - 1} chain versions ({reannounced} repeated on redelivery)");
+        Assert.True(unannounced.Count == 0, $"chain versions never announced: [{string.Join(",", unannounced)}] ({audit.Describe()})");
+        foreach (var p in broker.Published)
+        {
+            var applied = WorkerTestBed.AppliedRequestIds(audit.Manifests[p.Version]);
+            Assert.True(applied.Order(StringComparer.Ordinal).SequenceEqual(p.RequestIds.Order(StringComparer.Ordinal)),
+                $"the announcement of version {p.Version} lists [{string.Join(",", p.RequestIds)}], its manifest [{string.Join(",", applied)}]");
+        }
 
         // The final adapter equals the fault-free result, exact retraining on the union of removals; so does every
         // version on the way (each from its own cumulative edit set).

@@ -1,3 +1,4 @@
+using EraserWorker.Core.Compute;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -17,7 +18,8 @@ internal sealed class ConjugateGradientSolver : ISolver
     /// </summary>
     public SolveOutcome Solve(EditedProblem problem, SolveContext context)
     {
-        var inverseDiagonal = 1.0 / problem.Diagonal().clamp_min(1e-300);
+        // 1.0 / d: TorchSharp computes it as d.reciprocal() * 1.0, which is d.reciprocal() exactly.
+        var inverseDiagonal = problem.Diagonal().ClampMin(1e-300).reciprocal();
         double bNorm = problem.B.norm().item<double>();
         var x = torch.zeros_like(problem.B);
         int iterations = 0;
@@ -33,7 +35,7 @@ internal sealed class ConjugateGradientSolver : ISolver
             // Each round asks for what float32 products can deliver, relative to its own right-hand side.
             double innerTolerance = Math.Max(context.Tolerance * bNorm / rNorm, problem.Rows.DType == ScalarType.Float64 ? 0 : 1e-5);
             var (d, used) = Pcg(problem, residual, inverseDiagonal, innerTolerance, context.Options.MaxIterations - iterations, context);
-            x.add_(d);
+            x.AddInPlace(d);
             iterations += used;
             if (problem.Rows.DType == ScalarType.Float64)
                 break; // the recursion's residual is already the float64 one
@@ -61,8 +63,8 @@ internal sealed class ConjugateGradientSolver : ISolver
                 throw new UnlearningException(UnlearningException.NumericalFailure,
                     $"Conjugate gradient broke down at iteration {iteration} (pᵀH'p = {pHp}): H' is not positive definite; increase the damping.");
             double alpha = rz / pHp;
-            x.add_(p, alpha);
-            r.add_(hp, -alpha);
+            x.AddInPlace(p, alpha);
+            r.AddInPlace(hp, -alpha);
             iteration++;
             double rNorm = r.norm().item<double>();
             if (!double.IsFinite(rNorm))
@@ -72,7 +74,7 @@ internal sealed class ConjugateGradientSolver : ISolver
                 break;
             var zNext = r * inverseDiagonal;
             double rzNext = r.dot(zNext).item<double>();
-            p.mul_(rzNext / rz).add_(zNext);
+            p.MulInPlace(rzNext / rz).AddInPlace(zNext);
             rz = rzNext;
         }
         return (x, iteration);

@@ -1,3 +1,4 @@
+using EraserWorker.Core.Compute;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -43,7 +44,7 @@ internal sealed class DirectSolver : ISolver
             if (relative <= context.Tolerance || refinements == MaxRefinements)
                 break;
             var correction = applyInverse(residual);
-            x = x + correction;
+            x = x.Plus(correction);
             residual = residual - problem.Hessian(correction);
             refinements++;
         }
@@ -62,14 +63,14 @@ internal sealed class DirectSolver : ISolver
             using var scope = torch.NewDisposeScope();
             long count = Math.Min(step, n - first);
             var block = problem.Rows.Rows.narrow(0, first, count) * keep.narrow(0, first, count).unsqueeze(1);
-            h.add_(block.t().matmul(block).to(ScalarType.Float64));
+            h.AddInPlace(block.t().matmul(block).to(ScalarType.Float64));
         }
         if (problem.ReplacementRows is not null)
         {
             var rep = problem.ReplacementRows.to(ScalarType.Float64);
-            h.add_(rep.t().matmul(rep));
+            h.AddInPlace(rep.t().matmul(rep));
         }
-        h.diagonal().add_(problem.Lambda);
+        h.diagonal().AddInPlace(problem.Lambda);
         var factor = Cholesky(h);
         return rhs => torch.cholesky_solve(rhs.unsqueeze(1), factor).squeeze(1);
     }
@@ -86,7 +87,7 @@ internal sealed class DirectSolver : ISolver
             var self = rep.matmul(rep.t()).to(ScalarType.Float64);
             k = torch.cat([torch.cat([k, cross], 1), torch.cat([cross.t(), self], 1)], 0);
         }
-        k.diagonal().add_(problem.Lambda);
+        k.diagonal().AddInPlace(problem.Lambda);
         var factor = Cholesky(k);
         long n = problem.Rows.Count;
         return rhs =>
@@ -98,7 +99,7 @@ internal sealed class DirectSolver : ISolver
             spread.narrow(0, 0, n).index_copy_(0, active, y.narrow(0, 0, active.shape[0]));
             if (problem.ReplacementCount > 0)
                 spread.narrow(0, n, problem.ReplacementCount).copy_(y.narrow(0, active.shape[0], problem.ReplacementCount));
-            return (rhs - problem.Backward(spread)) / problem.Lambda;
+            return (rhs - problem.Backward(spread)).DividedBy(problem.Lambda);
         };
     }
 

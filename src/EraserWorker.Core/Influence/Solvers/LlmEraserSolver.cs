@@ -1,3 +1,4 @@
+using EraserWorker.Core.Compute;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -16,7 +17,7 @@ internal sealed class LlmEraserSolver : ISolver
     {
         var o = context.Options.LlmEraser;
         long rows = problem.SystemRows;
-        var x = torch.full(problem.Parameters, o.InitialValue, dtype: ScalarType.Float64, device: problem.Rows.Device);
+        var x = ScalarArgs.Full(problem.Parameters, o.InitialValue, ScalarType.Float64, problem.Rows.Device);
         var m = torch.zeros_like(x);
         var v = torch.zeros_like(x);
         using var generator = new torch.Generator((ulong)o.Seed, problem.Rows.Device);
@@ -25,20 +26,20 @@ internal sealed class LlmEraserSolver : ISolver
         {
             context.Cancellation.ThrowIfCancellationRequested();
             using var scope = torch.NewDisposeScope();
-            var hx = problem.Lambda * x;
+            var hx = x.Times(problem.Lambda);
             if (rows > 0)
             {
                 var pick = torch.randperm(rows, generator: generator, device: problem.Rows.Device).narrow(0, 0, batch);
                 var block = problem.SystemRowsAt(pick);
                 var projected = block.mv(x.to(block.dtype));
-                hx += block.t().mv(projected).to(ScalarType.Float64) * ((double)rows / batch);
+                hx = hx.Plus(block.t().mv(projected).to(ScalarType.Float64).Times((double)rows / batch));
             }
-            var gradient = hx - problem.B + o.WeightDecay * x;
-            m.mul_(Beta1).add_(gradient, 1 - Beta1);
-            v.mul_(Beta2).addcmul_(gradient, gradient, 1 - Beta2);
-            var mHat = m / (1 - Math.Pow(Beta1, t));
-            var vHat = v / (1 - Math.Pow(Beta2, t));
-            x.sub_(o.LearningRate * mHat / (vHat.sqrt() + Epsilon));
+            var gradient = (hx - problem.B).Plus(x.Times(o.WeightDecay));
+            m.MulInPlace(Beta1).AddInPlace(gradient, 1 - Beta1);
+            v.MulInPlace(Beta2).AddcmulInPlace(gradient, gradient, 1 - Beta2);
+            var mHat = m.DividedBy(1 - Math.Pow(Beta1, t));
+            var vHat = v.DividedBy(1 - Math.Pow(Beta2, t));
+            x.sub_(mHat.Times(o.LearningRate) / vHat.sqrt().Plus(Epsilon));
             if (t % 50 == 0 || t == o.Iterations)
                 context.Progress?.Report(new EngineProgress("llmeraser", t, o.Iterations));
         }

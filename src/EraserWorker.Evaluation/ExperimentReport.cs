@@ -1,0 +1,255 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using ScottPlot;
+
+namespace EraserWorker.Evaluation;
+
+/// <summary>
+/// Writes an experiment's outputs: <c>results.json</c> (the rows, plus the settings, base model and per-adapter
+/// preparation costs), <c>report.md</c> (mean ± sd over seeds, the targets checked) and two PNG plots.
+/// </summary>
+public static class ExperimentReport
+{
+    public const string ResultsFile = "results.json", ReportFile = "report.md", ForgetRetainPlot = "forget-vs-retain.png", TimePlot = "time-per-method.png";
+
+    public static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web)
+    {
+        WriteIndented = true,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
+
+    public static void Write(ExperimentResults results, string directory)
+    {
+        Directory.CreateDirectory(directory);
+        // results.json: the issue's row list at the top level's "rows", with everything needed to reproduce it.
+        File.WriteAllText(Path.Combine(directory, ResultsFile), JsonSerializer.Serialize(results, Json));
+        PlotForgetRetain(results, Path.Combine(directory, ForgetRetainPlot));
+        PlotTimes(results, Path.Combine(directory, TimePlot));
+        File.WriteAllText(Path.Combine(directory, ReportFile), Markdown(results));
+    }
+
+    /// <summary>(task label, fraction) groups in run order.</summary>
+    private static List<(string Task, double Fraction, List<ResultRow> Rows)> Groups(ExperimentResults r) =>
+        r.Rows.GroupBy(x => (x.Task, Math.Round(x.Fraction, 4))).Select(g => (g.Key.Task, g.Key.Item2, g.ToList())).ToList();
+
+    private static string Label(string task, double fraction) => task == "removal" ? $"removal {fraction:P0}" : $"{task} ({fraction:P0})";
+
+    public static (double Mean, double Sd) Stats(IEnumerable<double> values)
+    {
+        var v = values.ToList();
+        if (v.Count == 0)
+            return (double.NaN, double.NaN);
+        double mean = v.Average();
+        double sd = v.Count > 1 ? Math.Sqrt(v.Sum(x => (x - mean) * (x - mean)) / (v.Count - 1)) : 0;
+        return (mean, sd);
+    }
+
+    private static string Pm(IEnumerable<double> values, string format)
+    {
+        var (m, s) = Stats(values);
+        return $"{m.ToString(format, CultureInfo.InvariantCulture)} ± {s.ToString(format, CultureInfo.InvariantCulture)}";
+    }
+
+    /// <summary>Forget-set effect of a method relative to retraining's, per seed: (method − none) / (retrain − none).</summary>
+    public static double EffectRatio(IReadOnlyList<ResultRow> rows, string method, int seed)
+    {
+        var none = rows.First(x => x.Seed == seed && x.Method == ExperimentRunner.None).ForgetLoss;
+        var retrain = rows.First(x => x.Seed == seed && x.Method == ExperimentRunner.Retrain).ForgetLoss;
+        var m = rows.First(x => x.Seed == seed && x.Method == method).ForgetLoss;
+        return (m - none) / (retrain - none);
+    }
+
+    private static string Markdown(ExperimentResults r)
+    {
+        var s = r.Settings;
+        var b = r.BaseModel;
+        var md = new StringBuilder();
+        var inv = CultureInfo.InvariantCulture;
+        md.AppendLine($"# Unlearning quality and speed against retraining ({s.Name} run)");
+        md.AppendLine();
+        md.AppendLine($"Command: `{r.Command}` — started {r.StartedAt:yyyy-MM-dd HH:mm} UTC, {r.TotalSeconds / 60:F1} min in total on {r.Machine}.");
+        md.AppendLine();
+        md.AppendLine("## Setting");
+        md.AppendLine();
+        md.AppendLine($"- **Base model**: a LLaMA-family model (RMSNorm, RoPE, grouped-query attention {s.Heads}/{s.KvHeads} heads, SwiGLU, tied embeddings; " +
+            $"{s.Layers} layers, hidden {s.Hidden}, MLP {s.Intermediate}; {b.Parameters:N0} weights) pretrained here from random weights for " +
+            $"{s.PretrainSteps} steps × {s.PretrainBatch} windows × {s.PretrainSequence} tokens in {b.Seconds:F0} s; held-out loss " +
+            $"{b.InitialValidationLoss:F2} → {b.FinalValidationLoss:F2} nats/token.");
+        md.AppendLine($"- **Corpus**: the licence texts of Debian's `base-files` package in `{b.CorpusDirectory}` ({b.CorpusCharacters:N0} characters, " +
+            $"{b.CorpusFiles.Count} files, sha256 `{b.CorpusSha256[..16]}…`): real English prose that is on every Debian/Ubuntu machine and image " +
+            "(base-files is Essential), so the run needs no download and is reproducible. Tokenizer: a byte-level BPE with " +
+            $"{b.VocabSize} ids learned from the same text (`tokenizer.json`, read through Microsoft.ML.Tokenizers).");
+        md.AppendLine($"- **Task**: {s.TrainSamples} facts `\"The secret of {{key}} is\" → \" {{word}} {{word}}.\"` with words from the corpus; every " +
+            $"answer is per-sample (no other sample implies it), so a model retrained without a sample cannot know it. {s.TestSamples} held-out facts " +
+            $"with unseen keys give the test loss. Planted defects: {s.NoisyPromptFraction:P0} of the prompts have a typo in the key, " +
+            $"{s.CorruptedResponseFraction:P0} of the responses a wrong answer.");
+        md.AppendLine($"- **Adapter**: LoRA r = {s.Rank}, α = {s.Alpha} on {string.Join(", ", s.TargetModules)} ({r.Adapters[0].Parameters:N0} parameters), " +
+            $"AdamW lr {s.LearningRate.ToString(inv)} linear to 0, {s.Epochs} epochs, batch {s.BatchSize}, L2 {s.L2.ToString(inv)} (sum convention, also the cache's l2). " +
+            "Retraining uses the same initialisation, seed and schedule on the edited data.");
+        md.AppendLine($"- **Seeds**: {string.Join(", ", s.Seeds)} (each seed draws the facts, the defects, the removed samples, the adapter " +
+            "initialisation and the shuffles). Every hyper-parameter was fixed before the evaluation seeds were run (tuning used seed 0 only).");
+        md.AppendLine();
+        md.AppendLine("**Methods.** `retrain`: the gold standard. `none`: the original adapter. `eraser-direct`: the engine on the cached " +
+            "sampled-curvature rows (Gauss–Newton/Fisher, SPEC §1), direct solver — what the worker runs. `eraser-exact-cg`: the exact Hessian of the " +
+            $"edited objective by double backward through the model (LLMEraser's formulation), conjugate gradient to {s.ExactCgTolerance.ToString(inv)} " +
+            $"relative residual or {s.ExactCgMaxIterations} iterations. `llmeraser`: the paper's solver (Adam on the same quadratic as `eraser-direct` " +
+            "with the published x_lr = x_init = x_adjust = 1e-5, 1000 steps). `gradient-ascent` (removal only): " +
+            $"{s.GradientAscentSteps} Adam steps up the forget set's loss at the fine-tuning learning rate.");
+        md.AppendLine();
+        md.AppendLine("**Metrics.** Losses are the mean response-token cross-entropy. *Forget set*: for removal the removed samples; for the " +
+            "replacement tasks the edited samples in their corrected form (what the model should now answer). *Retain*: the training samples " +
+            "the task does not touch. *Test*: held-out facts. *EM*: greedy exact match of the forget set's responses. *Effect ratio*: " +
+            "(forget loss − none's) / (retrain's − none's), per seed; 1 means the method moved the forget set exactly as retraining did. " +
+            "*Distance*: ‖θ − θ_retrain‖ / ‖θ₀ − θ_retrain‖. *Seconds*: the update alone (retraining: its epochs; engine variants: the solve on " +
+            "the warm cache, plus computing the corrected samples' rows for the replacement tasks). *Peak*: resident memory of the process during " +
+            "the method (it includes the base model, the warm engine and the .NET runtime).");
+        md.AppendLine();
+
+        md.AppendLine("## Adapter preparation (once per adapter, not per request)");
+        md.AppendLine();
+        md.AppendLine("| seed | training samples | LoRA parameters | fine-tuning s | final train loss | cache build s | cache MB | engine load + warm s |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|");
+        foreach (var a in r.Adapters)
+            md.AppendLine(inv, $"| {a.Seed} | {a.TrainingSamples} | {a.Parameters:N0} | {a.TrainSeconds:F1} | {a.FinalTrainLoss:F4} | {a.CacheBuildSeconds:F1} | {a.CacheBytes / 1e6:F1} | {a.EngineLoadSeconds:F2} |");
+        md.AppendLine();
+
+        md.AppendLine("## Results (mean ± sd over seeds)");
+        var verdicts = new List<string>();
+        foreach (var (task, fraction, rows) in Groups(r))
+        {
+            md.AppendLine();
+            md.AppendLine($"### {Label(task, fraction)} — {rows[0].Edited} of {s.TrainSamples} samples");
+            md.AppendLine();
+            md.AppendLine("| method | forget loss | forget EM | effect ratio | retain loss | test loss | distance | seconds | speed-up vs retrain | peak MB |");
+            md.AppendLine("|---|---|---|---|---|---|---|---|---|---|");
+            var retrainSeconds = Stats(rows.Where(x => x.Method == ExperimentRunner.Retrain).Select(x => x.Seconds)).Mean;
+            foreach (var method in ExperimentRunner.Methods)
+            {
+                var m = rows.Where(x => x.Method == method).ToList();
+                if (m.Count == 0)
+                    continue;
+                var seeds = m.Select(x => x.Seed).ToList();
+                string effect = method == ExperimentRunner.None ? "0" : Pm(seeds.Select(sd => EffectRatio(rows, method, sd)), "F2");
+                double seconds = Stats(m.Select(x => x.Seconds)).Mean;
+                string speed = method is ExperimentRunner.None or ExperimentRunner.Retrain ? "—" : $"{retrainSeconds / seconds:F0}×";
+                md.AppendLine(inv, $"| {method} | {Pm(m.Select(x => x.ForgetLoss), "F3")} | {Pm(m.Select(x => x.ForgetExactMatch), "F2")} | {effect} | " +
+                    $"{Pm(m.Select(x => x.RetainLoss), "F3")} | {Pm(m.Select(x => x.TestLoss), "F3")} | {Pm(m.Select(x => x.DistanceToRetrain), "F2")} | " +
+                    $"{(method == ExperimentRunner.None ? "—" : Pm(m.Select(x => x.Seconds), seconds < 1 ? "F3" : "F1"))} | {speed} | " +
+                    $"{Stats(m.Select(x => x.PeakMemoryBytes / 1e6)).Mean:F0} |");
+            }
+            verdicts.Add(Verdict(Label(task, fraction), rows));
+        }
+        md.AppendLine();
+        md.AppendLine("## Targets (best engine variant per task)");
+        md.AppendLine();
+        md.AppendLine("Targets of issue 5: forget-set effect within 0.5–1.5× of retraining's, retain loss within 10 % of retraining's, at least " +
+            "20× faster than retraining. The best variant is the engine variant whose mean effect ratio is closest to 1.");
+        md.AppendLine();
+        md.AppendLine("| task | best variant | effect ratio (retrain's seed spread) | retain loss vs retrain | speed-up | met |");
+        md.AppendLine("|---|---|---|---|---|---|");
+        foreach (var v in verdicts)
+            md.AppendLine(v);
+        md.AppendLine();
+        md.AppendLine("## Plots");
+        md.AppendLine();
+        md.AppendLine($"![forget vs retain loss]({ForgetRetainPlot})");
+        md.AppendLine();
+        md.AppendLine($"![seconds per method]({TimePlot})");
+        md.AppendLine();
+        md.AppendLine("Per-row notes (solver residuals, iterations) are in `results.json`.");
+        return md.ToString();
+    }
+
+    private static string Verdict(string label, List<ResultRow> rows)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var seeds = rows.Select(x => x.Seed).Distinct().ToList();
+        var retrain = rows.Where(x => x.Method == ExperimentRunner.Retrain).ToList();
+        var none = rows.Where(x => x.Method == ExperimentRunner.None).ToList();
+        // Retraining's own seed spread of the effect, as a ratio of its mean effect.
+        var effects = seeds.Select(sd => retrain.First(x => x.Seed == sd).ForgetLoss - none.First(x => x.Seed == sd).ForgetLoss).ToList();
+        var (effectMean, effectSd) = Stats(effects);
+        double spread = effectSd / Math.Abs(effectMean);
+        var best = new[] { ExperimentRunner.EraserDirect, ExperimentRunner.EraserExactCg }
+            .Select(m => (Method: m, Ratio: Stats(seeds.Select(sd => EffectRatio(rows, m, sd))).Mean))
+            .OrderBy(x => Math.Abs(x.Ratio - 1)).First();
+        double retainRatio = Stats(rows.Where(x => x.Method == best.Method).Select(x => x.RetainLoss)).Mean / Stats(retrain.Select(x => x.RetainLoss)).Mean;
+        double speed = Stats(retrain.Select(x => x.Seconds)).Mean / Stats(rows.Where(x => x.Method == best.Method).Select(x => x.Seconds)).Mean;
+        bool effectOk = best.Ratio is >= 0.5 and <= 1.5;
+        bool retainOk = Math.Abs(retainRatio - 1) <= 0.10;
+        bool speedOk = speed >= 20;
+        string met = effectOk && retainOk && speedOk ? "yes" : "no: " + string.Join(", ",
+            new[] { effectOk ? null : "effect", retainOk ? null : "retain loss", speedOk ? null : "speed" }.OfType<string>());
+        return string.Create(inv, $"| {label} | {best.Method} | {best.Ratio:F2} (1 ± {spread:F2}) | {retainRatio:F3}× | {speed:F0}× | {met} |");
+    }
+
+    private static void PlotForgetRetain(ExperimentResults r, string path)
+    {
+        var groups = Groups(r);
+        var plot = new Multiplot();
+        plot.AddPlots(groups.Count);
+        var palette = new ScottPlot.Palettes.Category10();
+        for (int g = 0; g < groups.Count; g++)
+        {
+            var (task, fraction, rows) = groups[g];
+            var p = plot.GetPlot(g);
+            p.Title(Label(task, fraction), size: 12);
+            p.XLabel("retain loss");
+            p.YLabel("forget loss");
+            for (int k = 0; k < ExperimentRunner.Methods.Length; k++)
+            {
+                var m = rows.Where(x => x.Method == ExperimentRunner.Methods[k]).ToList();
+                if (m.Count == 0)
+                    continue;
+                var sc = p.Add.ScatterPoints(m.Select(x => x.RetainLoss).ToArray(), m.Select(x => x.ForgetLoss).ToArray(), palette.GetColor(k));
+                sc.MarkerSize = 7;
+                sc.LegendText = g == 0 ? ExperimentRunner.Methods[k] : "";
+            }
+            if (g == 0)
+                p.ShowLegend(Alignment.UpperRight);
+        }
+        plot.Layout = new ScottPlot.MultiplotLayouts.Grid(2, (groups.Count + 1) / 2);
+        plot.SavePng(path, 1500, 850);
+    }
+
+    private static void PlotTimes(ExperimentResults r, string path)
+    {
+        var plot = new Plot();
+        var methods = ExperimentRunner.Methods.Where(m => m != ExperimentRunner.None).ToList();
+        var palette = new ScottPlot.Palettes.Category10();
+        var groups = Groups(r);
+        var ticks = new List<Tick>();
+        for (int g = 0; g < groups.Count; g++)
+        {
+            var (task, fraction, rows) = groups[g];
+            for (int k = 0; k < methods.Count; k++)
+            {
+                var m = rows.Where(x => x.Method == methods[k]).ToList();
+                if (m.Count == 0)
+                    continue;
+                double position = g * (methods.Count + 1) + k;
+                plot.Add.Bar(new Bar
+                {
+                    Position = position,
+                    Value = Math.Log10(Math.Max(1e-4, Stats(m.Select(x => x.Seconds)).Mean)),
+                    ValueBase = -4,
+                    FillColor = palette.GetColor(Array.IndexOf(ExperimentRunner.Methods, methods[k])),
+                });
+            }
+            ticks.Add(new Tick(g * (methods.Count + 1) + (methods.Count - 1) / 2.0, Label(task, fraction)));
+        }
+        for (int k = 0; k < methods.Count; k++)
+            plot.Legend.ManualItems.Add(new LegendItem { LabelText = methods[k], FillColor = palette.GetColor(Array.IndexOf(ExperimentRunner.Methods, methods[k])) });
+        plot.ShowLegend(Alignment.UpperRight);
+        plot.Axes.Bottom.TickGenerator = new ScottPlot.TickGenerators.NumericManual(ticks.ToArray());
+        plot.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericManual(
+            Enumerable.Range(-4, 8).Select(e => new Tick(e, e >= 0 ? $"{Math.Pow(10, e):G}" : $"1e{e}")).ToArray());
+        plot.YLabel("seconds (log scale, mean over seeds)");
+        plot.Title("Time per method");
+        plot.Axes.SetLimitsY(-4, Math.Ceiling(r.Rows.Max(x => Math.Log10(Math.Max(1e-4, x.Seconds)))) + 0.5);
+        plot.SavePng(path, 1500, 600);
+    }
+}
