@@ -93,7 +93,8 @@ public static class ExperimentReport
             "initialisation and the shuffles). Every hyper-parameter was fixed before the evaluation seeds were run (tuning used seed 0 only).");
         md.AppendLine();
         md.AppendLine("**Methods.** `retrain`: the gold standard. `none`: the original adapter. `eraser-direct`: the engine on the cached " +
-            "sampled-curvature rows (Gauss–Newton/Fisher, SPEC §1), direct solver — what the worker runs. `eraser-exact-cg`: the exact Hessian of the " +
+            "sampled-curvature rows (Gauss–Newton/Fisher, SPEC §1), direct solver — what the worker runs. `eraser-direct-ef`: the same on a " +
+            "gradients-only cache (empirical Fisher, cᵢ = gᵢ). `eraser-exact-cg`: the exact Hessian of the " +
             $"edited objective by double backward through the model (LLMEraser's formulation), conjugate gradient to {s.ExactCgTolerance.ToString(inv)} " +
             $"relative residual or {s.ExactCgMaxIterations} iterations. `llmeraser`: the paper's solver (Adam on the same quadratic as `eraser-direct` " +
             "with the published x_lr = x_init = x_adjust = 1e-5, 1000 steps). `gradient-ascent` (removal only): " +
@@ -102,22 +103,44 @@ public static class ExperimentReport
         md.AppendLine("**Metrics.** Losses are the mean response-token cross-entropy. *Forget set*: for removal the removed samples; for the " +
             "replacement tasks the edited samples in their corrected form (what the model should now answer). *Retain*: the training samples " +
             "the task does not touch. *Test*: held-out facts. *EM*: greedy exact match of the forget set's responses. *Effect ratio*: " +
-            "(forget loss − none's) / (retrain's − none's), per seed; 1 means the method moved the forget set exactly as retraining did. " +
+            "(forget loss − none's) / (retrain's − none's), per seed; 1 means the method moved the forget set exactly as retraining did " +
+            "(for the replacement tasks the forget loss falls, and the ratio compares the falls). " +
             "*Distance*: ‖θ − θ_retrain‖ / ‖θ₀ − θ_retrain‖. *Seconds*: the update alone (retraining: its epochs; engine variants: the solve on " +
             "the warm cache, plus computing the corrected samples' rows for the replacement tasks). *Peak*: resident memory of the process during " +
             "the method (it includes the base model, the warm engine and the .NET runtime).");
         md.AppendLine();
 
+        if (r.Calibration is { } cal)
+        {
+            md.AppendLine("## Damping, calibrated on a development seed");
+            md.AppendLine();
+            md.AppendLine($"Before any evaluation seed ran, seed {cal.Seed} (not an evaluation seed) ran each task kind once — removal of " +
+                $"{s.CalibrationFraction:P0}, its own query modification and response correction — retrained, and tried each damping δ " +
+                "(λ = l2 + δ) per engine variant; the run kept, per task kind and variant, the δ closest to retraining on both the forget-set " +
+                $"effect and the retain loss (least |log effect ratio| + |log(retain loss / retraining's)|). {cal.Seconds:F0} s in all.");
+            md.AppendLine();
+            md.AppendLine("| task | samples | forget loss none → retrain | retrain's retain loss |");
+            md.AppendLine("|---|---|---|---|");
+            foreach (var t in cal.Tasks)
+                md.AppendLine(inv, $"| {t.Task} | {t.Edited} | {t.NoneForgetLoss:F3} → {t.RetrainForgetLoss:F3} | {t.RetrainRetainLoss:F3} |");
+            md.AppendLine();
+            md.AppendLine("| task | variant | δ | effect ratio | retain loss | solve s | chosen |");
+            md.AppendLine("|---|---|---|---|---|---|---|");
+            foreach (var p in cal.Points)
+                md.AppendLine(inv, $"| {p.Task} | {p.Method} | {p.Damping:G3} | {p.EffectRatio:F2} | {p.RetainLoss:F3} | {p.Seconds:F2} | {(cal.Chosen.GetValueOrDefault($"{p.Task}/{p.Method}", double.NaN) == p.Damping ? "✔" : "")} |");
+            md.AppendLine();
+        }
+
         md.AppendLine("## Adapter preparation (once per adapter, not per request)");
         md.AppendLine();
-        md.AppendLine("| seed | training samples | LoRA parameters | fine-tuning s | final train loss | cache build s | cache MB | engine load + warm s |");
-        md.AppendLine("|---|---|---|---|---|---|---|---|");
+        md.AppendLine("| seed | training samples | LoRA parameters | fine-tuning s | final train loss | ‖∇L(θ₀)‖ | sampled-curvature cache s | cache MB | gradients-only cache s | engines load + warm s |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|");
         foreach (var a in r.Adapters)
-            md.AppendLine(inv, $"| {a.Seed} | {a.TrainingSamples} | {a.Parameters:N0} | {a.TrainSeconds:F1} | {a.FinalTrainLoss:F4} | {a.CacheBuildSeconds:F1} | {a.CacheBytes / 1e6:F1} | {a.EngineLoadSeconds:F2} |");
+            md.AppendLine(inv, $"| {a.Seed} | {a.TrainingSamples} | {a.Parameters:N0} | {a.TrainSeconds:F1} | {a.FinalTrainLoss:F4} | {a.FinalGradientNorm:G3} | {a.CacheBuildSeconds:F1} | {a.CacheBytes / 1e6:F1} | {a.GradientCacheBuildSeconds:F1} | {a.EngineLoadSeconds:F2} |");
         md.AppendLine();
 
         md.AppendLine("## Results (mean ± sd over seeds)");
-        var verdicts = new List<string>();
+        var checks = new List<TargetCheck>();
         foreach (var (task, fraction, rows) in Groups(r))
         {
             md.AppendLine();
@@ -140,18 +163,49 @@ public static class ExperimentReport
                     $"{(method == ExperimentRunner.None ? "—" : Pm(m.Select(x => x.Seconds), seconds < 1 ? "F3" : "F1"))} | {speed} | " +
                     $"{Stats(m.Select(x => x.PeakMemoryBytes / 1e6)).Mean:F0} |");
             }
-            verdicts.Add(Verdict(Label(task, fraction), rows));
+            checks.AddRange(Targets(Label(task, fraction), rows));
         }
         md.AppendLine();
-        md.AppendLine("## Targets (best engine variant per task)");
+        md.AppendLine("## Targets");
         md.AppendLine();
-        md.AppendLine("Targets of issue 5: forget-set effect within 0.5–1.5× of retraining's, retain loss within 10 % of retraining's, at least " +
-            "20× faster than retraining. The best variant is the engine variant whose mean effect ratio is closest to 1.");
+        md.AppendLine("Targets of issue 5 for the best engine variant of each task: forget-set effect within 0.5–1.5× of retraining's, retain loss " +
+            "within 10 % of retraining's, at least 20× faster than retraining (the cache build is per adapter, in the preparation table). Every " +
+            "engine variant is listed; the best (bold) meets the most targets, ties going to the effect ratio closest to 1. *Retrain spread*: " +
+            "the standard deviation of retraining's own forget-set effect over the seeds, relative to its mean.");
         md.AppendLine();
-        md.AppendLine("| task | best variant | effect ratio (retrain's seed spread) | retain loss vs retrain | speed-up | met |");
-        md.AppendLine("|---|---|---|---|---|---|");
-        foreach (var v in verdicts)
-            md.AppendLine(v);
+        md.AppendLine("| task | variant | effect ratio | retrain spread | retain loss vs retrain | speed-up | met |");
+        md.AppendLine("|---|---|---|---|---|---|---|");
+        foreach (var group in checks.GroupBy(c => c.Task))
+        {
+            var best = group.OrderByDescending(c => c.Met).ThenBy(c => Math.Abs(c.EffectRatio - 1)).First();
+            foreach (var c in group)
+                md.AppendLine(TargetRow(c, ReferenceEquals(c, best)));
+        }
+        md.AppendLine();
+        var bests = checks.GroupBy(c => c.Task).Select(g => g.OrderByDescending(c => c.Met).ThenBy(c => Math.Abs(c.EffectRatio - 1)).First()).ToList();
+        int allMet = bests.Count(c => c.Met == 3);
+        md.AppendLine($"**{allMet} of {bests.Count} tasks** have an engine variant meeting all three targets.");
+        if (allMet < bests.Count)
+        {
+            md.AppendLine();
+            md.AppendLine("Why targets are missed, from the measurements above:");
+            md.AppendLine();
+            double gradient = Stats(r.Adapters.Select(a => a.FinalGradientNorm)).Mean;
+            if (bests.Any(c => !c.RetainMet))
+                md.AppendLine("- *Retain loss.* The influence update is one Newton step from θ₀ on a model of the objective, and it is " +
+                    "exact only when θ₀ minimises the objective and the loss is quadratic around it. Here θ₀ is not a minimiser (‖∇L(θ₀)‖ = " + gradient.ToString("G3", inv) + " " +
+                    "after the fine-tuning schedule, mean over seeds), and per-sample memorised facts are the least quadratic case: the LoRA product " +
+                    "B·A makes the loss bilinear in its factors, and the Gauss–Newton/Fisher curvature of the cached variants leaves out the " +
+                    "residual term that is large while the fit is imperfect. A step large enough to forget as much as retraining does therefore " +
+                    "also moves the retained facts. The calibration table shows the trade-off: more damping protects the retain loss and forgets less.");
+            if (bests.Any(c => !c.SpeedMet))
+                md.AppendLine("- *Speed.* The exact-Hessian variant needs a double-backward pass over the whole edited training set per conjugate-gradient " +
+                    "iteration; at this scale twenty of them cost as much as a few fine-tuning epochs. The cached variants solve on the warm cache in " +
+                    "milliseconds but pay with the approximate curvature.");
+            if (bests.Any(c => !c.EffectMet))
+                md.AppendLine("- *Effect.* With the damping fixed on the calibration seed, the size of the step varies from seed to seed and task to " +
+                    "task; where the ratio leaves 0.5–1.5 the step over- or under-shoots retraining's change of the forget set.");
+        }
         md.AppendLine();
         md.AppendLine("## Plots");
         md.AppendLine();
@@ -163,27 +217,40 @@ public static class ExperimentReport
         return md.ToString();
     }
 
-    private static string Verdict(string label, List<ResultRow> rows)
+    /// <summary>Whether one engine variant meets the three targets on one task (means over seeds).</summary>
+    public sealed record TargetCheck(string Task, string Method, double EffectRatio, double EffectSd, double RetrainSpread, double RetainRatio,
+        double SpeedUp, bool EffectMet, bool RetainMet, bool SpeedMet)
     {
-        var inv = CultureInfo.InvariantCulture;
+        public int Met => (EffectMet ? 1 : 0) + (RetainMet ? 1 : 0) + (SpeedMet ? 1 : 0);
+    }
+
+    public static List<TargetCheck> Targets(string label, List<ResultRow> rows)
+    {
         var seeds = rows.Select(x => x.Seed).Distinct().ToList();
         var retrain = rows.Where(x => x.Method == ExperimentRunner.Retrain).ToList();
         var none = rows.Where(x => x.Method == ExperimentRunner.None).ToList();
-        // Retraining's own seed spread of the effect, as a ratio of its mean effect.
+        // Retraining's own seed spread of the effect, relative to its mean effect.
         var effects = seeds.Select(sd => retrain.First(x => x.Seed == sd).ForgetLoss - none.First(x => x.Seed == sd).ForgetLoss).ToList();
         var (effectMean, effectSd) = Stats(effects);
         double spread = effectSd / Math.Abs(effectMean);
-        var best = new[] { ExperimentRunner.EraserDirect, ExperimentRunner.EraserExactCg }
-            .Select(m => (Method: m, Ratio: Stats(seeds.Select(sd => EffectRatio(rows, m, sd))).Mean))
-            .OrderBy(x => Math.Abs(x.Ratio - 1)).First();
-        double retainRatio = Stats(rows.Where(x => x.Method == best.Method).Select(x => x.RetainLoss)).Mean / Stats(retrain.Select(x => x.RetainLoss)).Mean;
-        double speed = Stats(retrain.Select(x => x.Seconds)).Mean / Stats(rows.Where(x => x.Method == best.Method).Select(x => x.Seconds)).Mean;
-        bool effectOk = best.Ratio is >= 0.5 and <= 1.5;
-        bool retainOk = Math.Abs(retainRatio - 1) <= 0.10;
-        bool speedOk = speed >= 20;
-        string met = effectOk && retainOk && speedOk ? "yes" : "no: " + string.Join(", ",
-            new[] { effectOk ? null : "effect", retainOk ? null : "retain loss", speedOk ? null : "speed" }.OfType<string>());
-        return string.Create(inv, $"| {label} | {best.Method} | {best.Ratio:F2} (1 ± {spread:F2}) | {retainRatio:F3}× | {speed:F0}× | {met} |");
+        var checks = new List<TargetCheck>();
+        foreach (var method in ExperimentRunner.EngineVariants.Where(m => rows.Any(x => x.Method == m)))
+        {
+            var (ratio, ratioSd) = Stats(seeds.Select(sd => EffectRatio(rows, method, sd)));
+            double retainRatio = Stats(rows.Where(x => x.Method == method).Select(x => x.RetainLoss)).Mean / Stats(retrain.Select(x => x.RetainLoss)).Mean;
+            double speed = Stats(retrain.Select(x => x.Seconds)).Mean / Stats(rows.Where(x => x.Method == method).Select(x => x.Seconds)).Mean;
+            checks.Add(new TargetCheck(label, method, ratio, ratioSd, spread, retainRatio, speed, ratio is >= 0.5 and <= 1.5,
+                Math.Abs(retainRatio - 1) <= 0.10, speed >= 20));
+        }
+        return checks;
+    }
+
+    private static string TargetRow(TargetCheck c, bool best)
+    {
+        string Mark(bool ok) => ok ? "✔" : "✘";
+        return string.Create(CultureInfo.InvariantCulture,
+            $"| {c.Task} | {(best ? $"**{c.Method}**" : c.Method)} | {c.EffectRatio:F2} ± {c.EffectSd:F2} {Mark(c.EffectMet)} | ±{c.RetrainSpread:F2} | " +
+            $"{c.RetainRatio:F3}× {Mark(c.RetainMet)} | {c.SpeedUp:F0}× {Mark(c.SpeedMet)} | {c.Met}/3 |");
     }
 
     private static void PlotForgetRetain(ExperimentResults r, string path)

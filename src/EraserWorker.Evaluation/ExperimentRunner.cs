@@ -32,11 +32,15 @@ public sealed record BaseModelSummary(long Parameters, int VocabSize, long Corpu
     double InitialValidationLoss, double FinalValidationLoss, double Seconds, string CorpusSha256, IReadOnlyList<string> CorpusFiles, string CorpusDirectory);
 
 /// <summary>One damping value tried on the calibration seed.</summary>
-public sealed record CalibrationPoint(string Method, double Damping, double ForgetLoss, double EffectRatio, double RetainLoss, double Seconds);
+public sealed record CalibrationPoint(string Task, string Method, double Damping, double ForgetLoss, double EffectRatio, double RetainLoss, double Seconds);
+
+/// <summary>A task on the calibration seed: retraining's forget and retain losses there.</summary>
+public sealed record CalibrationTask(string Task, int Edited, double NoneForgetLoss, double RetrainForgetLoss, double RetrainRetainLoss);
 
 /// <summary>How the damping was chosen, on a development seed that is not an evaluation seed.</summary>
-public sealed record DampingCalibration(int Seed, double Fraction, double NoneForgetLoss, double RetrainForgetLoss, double RetrainRetainLoss,
-    IReadOnlyList<CalibrationPoint> Points, IReadOnlyDictionary<string, double> Chosen, double Seconds);
+/// <param name="Chosen">δ per "task/variant".</param>
+public sealed record DampingCalibration(int Seed, IReadOnlyList<CalibrationTask> Tasks, IReadOnlyList<CalibrationPoint> Points,
+    IReadOnlyDictionary<string, double> Chosen, double Seconds);
 
 public sealed record ExperimentResults(ExperimentSettings Settings, string Command, DateTimeOffset StartedAt, double TotalSeconds,
     BaseModelSummary BaseModel, DampingCalibration? Calibration, IReadOnlyList<AdapterPreparation> Adapters, IReadOnlyList<ResultRow> Rows, string Machine);
@@ -212,69 +216,157 @@ public sealed class ExperimentRunner(ExperimentSettings settings, string outputD
         var watch = Stopwatch.StartNew();
         using var prepared = Prepare(seed, corpus, modelDir, model, tokenizer, dir, cancellation);
         var c = prepared.Context;
-        int n = c.Training.Count;
-        var removed = c.Task.RemovableIds.Take(Math.Max(1, (int)Math.Round(_settings.CalibrationFraction * n))).ToList();
-        var forget = c.Training.Where(s => removed.Contains(s.Id)).ToList();
-        var retain = c.Training.Where(s => !removed.Contains(s.Id)).ToList();
-        Log($"calibration on seed {seed}: removal of {removed.Count} samples, retraining once, then each damping of the grid per engine variant");
-        string data = Path.Combine(dir, "edited.jsonl");
-        WriteJsonl(data, c.Task.Training.Where(s => !removed.Contains(s.Id)));
-        Train(modelDir, data, Path.Combine(dir, "retrain"), seed, []);
-        var retrained = LoraAdapterFiles.Read(Path.Combine(dir, "retrain"), model.Config).Theta;
-        double noneForget = c.Runtime.Losses(forget, c.Theta0).Average();
-        double retrainForget = c.Runtime.Losses(forget, retrained).Average();
-        double retrainRetain = c.Runtime.Losses(retain, retrained).Average();
+        var tasks = new List<CalibrationTask>();
         var points = new List<CalibrationPoint>();
         var chosen = new Dictionary<string, double>();
-        foreach (var method in EngineVariants.Where(m => _settings.Methods.Contains(m)))
+        foreach (var (taskName, removed, corrected) in TaskKinds(c.Task, [_settings.CalibrationFraction]))
         {
-            var candidates = new List<CalibrationPoint>();
-            foreach (double damping in method == EraserExactCg ? _settings.ExactDampingGrid : _settings.DampingGrid)
+            string taskDir = Path.Combine(dir, $"{taskName}");
+            Directory.CreateDirectory(taskDir);
+            using var edits = PrepareEdits(c, taskDir, removed, corrected, cancellation);
+            var retrained = RetrainOn(c, taskDir, removed, corrected).Theta;
+            double noneForget = c.Runtime.Losses(edits.Forget, c.Theta0).Average();
+            double retrainForget = c.Runtime.Losses(edits.Forget, retrained).Average();
+            double retrainRetain = c.Runtime.Losses(edits.Retain, retrained).Average();
+            tasks.Add(new CalibrationTask(taskName, edits.Count, noneForget, retrainForget, retrainRetain));
+            Log($"calibration (seed {seed}, {taskName}, {edits.Count} samples): forget loss none {noneForget:F3} / retrain {retrainForget:F3}, retain {retrainRetain:F3}");
+            foreach (var method in EngineVariants.Where(m => _settings.Methods.Contains(m)))
             {
-                var solve = Stopwatch.StartNew();
-                var theta = method == EraserExactCg
-                    ? ExactInfluence.Solve(c.Runtime, c.Theta0, c.Training, removed, [], _settings.L2 + damping,
-                        _settings.ExactCgTolerance, _settings.ExactCgMaxIterations).Theta
-                    : (method == EraserDirect ? c.Engine : c.EngineEf).Compute(EditSet.Empty.Remove(removed), null,
-                        new SolverOptions { Solver = SolverKind.Direct, Damping = damping }, cancellation: cancellation).Theta;
-                double seconds = solve.Elapsed.TotalSeconds;
-                double forgetLoss = c.Runtime.Losses(forget, theta).Average();
-                var point = new CalibrationPoint(method, damping, forgetLoss, (forgetLoss - noneForget) / (retrainForget - noneForget),
-                    c.Runtime.Losses(retain, theta).Average(), seconds);
-                candidates.Add(point);
-                Log($"calibration (seed {seed}, removal {removed.Count}): {method} damping {damping:G3}: effect ratio {point.EffectRatio:F2}, " +
-                    $"retain loss {point.RetainLoss:F3} (retrain {retrainRetain:F3})");
+                var candidates = new List<CalibrationPoint>();
+                foreach (double damping in method == EraserExactCg ? _settings.ExactDampingGrid : _settings.DampingGrid)
+                {
+                    var (theta, seconds, _) = SolveVariant(c, edits, method, damping, cancellation);
+                    double forgetLoss = c.Runtime.Losses(edits.Forget, theta).Average();
+                    var point = new CalibrationPoint(taskName, method, damping, forgetLoss, (forgetLoss - noneForget) / (retrainForget - noneForget),
+                        c.Runtime.Losses(edits.Retain, theta).Average(), seconds);
+                    candidates.Add(point);
+                    Log($"calibration ({taskName}): {method} damping {damping:G3}: effect ratio {point.EffectRatio:F2}, retain loss {point.RetainLoss:F3}");
+                }
+                // Closest to retraining on both the forget-set effect and the retain loss; ties to the smaller damping.
+                var best = candidates.OrderBy(p => CalibrationDistance(p, retrainRetain)).ThenBy(p => p.Damping).First();
+                chosen[$"{taskName}/{method}"] = best.Damping;
+                points.AddRange(candidates);
+                Log($"calibration ({taskName}): {method} → damping {best.Damping:G3} (effect ratio {best.EffectRatio:F2}, retain loss {best.RetainLoss:F3})");
             }
-            // Closest to retraining's forget-set effect (|log ratio|); ties to the smaller damping.
-            var best = candidates.Where(p => p.EffectRatio > 0).DefaultIfEmpty(candidates[0])
-                .OrderBy(p => Math.Abs(Math.Log(Math.Max(p.EffectRatio, 1e-9)))).ThenBy(p => p.Damping).First();
-            chosen[method] = best.Damping;
-            points.AddRange(candidates);
-            Log($"calibration: {method} damping {best.Damping:G3} (effect ratio {best.EffectRatio:F2}, retain loss {best.RetainLoss:F3})");
         }
-        return new DampingCalibration(seed, (double)removed.Count / n, noneForget, retrainForget, retrainRetain, points, chosen, watch.Elapsed.TotalSeconds);
+        return new DampingCalibration(seed, tasks, points, chosen, watch.Elapsed.TotalSeconds);
     }
+
+    /// <summary>The task kinds of the settings: (name, removed ids, corrected samples).</summary>
+    private IEnumerable<(string Task, List<string> Removed, List<TextSample> Corrected)> TaskKinds(MemorisationTask task, double[] removalFractions)
+    {
+        int n = task.Training.Count;
+        if (_settings.Tasks.Contains("removal"))
+            foreach (double fraction in removalFractions)
+                yield return ("removal", task.RemovableIds.Take(Math.Max(1, (int)Math.Round(fraction * n))).ToList(), []);
+        if (_settings.Tasks.Contains("query-modification"))
+            yield return ("query-modification", [], task.NoisyPromptIds.Select(id => task.Clean[id]).ToList());
+        if (_settings.Tasks.Contains("response-correction"))
+            yield return ("response-correction", [], task.CorruptedResponseIds.Select(id => task.Clean[id]).ToList());
+    }
+
+    /// <summary>One task's edits: the forget and retain sets and, for corrections, the corrected samples' rows
+    /// computed at θ₀ exactly as `eraser cache build` computes the cache (for each cached variant).</summary>
+    private sealed class TaskEdits(List<string> removed, List<TokenizedSample> corrected, List<TokenizedSample> forget, List<TokenizedSample> retain)
+        : IDisposable
+    {
+        public List<string> Removed { get; } = removed;
+        public List<TokenizedSample> Corrected { get; } = corrected;
+        public List<TokenizedSample> Forget { get; } = forget;
+        public List<TokenizedSample> Retain { get; } = retain;
+        public int Count => Removed.Count + Corrected.Count;
+        public EditSet Edits { get; set; } = EditSet.Empty.Remove(removed);
+        public GradientCache? SampledRows { get; set; }
+        public GradientCache? GradientRows { get; set; }
+        public double SampledRowsSeconds { get; set; }
+        public double GradientRowsSeconds { get; set; }
+
+        public void Dispose()
+        {
+            SampledRows?.Dispose();
+            GradientRows?.Dispose();
+        }
+    }
+
+    private TaskEdits PrepareEdits(SeedContext c, string taskDir, List<string> removed, List<TextSample> corrected, CancellationToken cancellation)
+    {
+        var editedIds = removed.Concat(corrected.Select(s => s.Id)).ToHashSet(StringComparer.Ordinal);
+        var correctedTokens = Tokenize(corrected, c.Tokenizer);
+        var forget = removed.Count > 0 ? c.Training.Where(s => editedIds.Contains(s.Id)).ToList() : correctedTokens;
+        var edits = new TaskEdits(removed, correctedTokens, forget, c.Training.Where(s => !editedIds.Contains(s.Id)).ToList());
+        if (corrected.Count == 0)
+            return edits;
+        try
+        {
+            string file = Path.Combine(taskDir, "corrected.jsonl");
+            WriteJsonl(file, corrected);
+            string adapter = Path.Combine(c.Directory, "adapter");
+            var watch = Stopwatch.StartNew();
+            GradientCacheBuilder.Build(CacheOptions(c.ModelDirectory, adapter, file, Path.Combine(taskDir, "replacements"), c.Seed, CurvatureMode.Sampled),
+                cancellation: cancellation);
+            edits.SampledRows = GradientCache.Open(Path.Combine(taskDir, "replacements"));
+            edits.SampledRowsSeconds = watch.Elapsed.TotalSeconds;
+            watch.Restart();
+            GradientCacheBuilder.Build(CacheOptions(c.ModelDirectory, adapter, file, Path.Combine(taskDir, "replacements-gradients"), c.Seed, CurvatureMode.None),
+                cancellation: cancellation);
+            edits.GradientRows = GradientCache.Open(Path.Combine(taskDir, "replacements-gradients"));
+            edits.GradientRowsSeconds = watch.Elapsed.TotalSeconds;
+            edits.Edits = edits.Edits.Replace(corrected.Select(s => s.Id), "corrected");
+            return edits;
+        }
+        catch
+        {
+            edits.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>θ of an engine variant (or the paper's solver) for a task's edits, with the seconds its update costs.</summary>
+    private (double[] Theta, double Seconds, string Note) SolveVariant(SeedContext c, TaskEdits e, string method, double damping, CancellationToken cancellation)
+    {
+        switch (method)
+        {
+            case EraserExactCg:
+            {
+                var r = ExactInfluence.Solve(c.Runtime, c.Theta0, c.Training, e.Removed, e.Corrected, _settings.L2 + damping,
+                    _settings.ExactCgTolerance, _settings.ExactCgMaxIterations);
+                return (r.Theta, r.Seconds, $"{r.Iterations} iterations, residual {r.RelativeResidual:E1}{(r.NegativeCurvature ? ", stopped at negative curvature" : "")}, λ {r.Lambda:G3}");
+            }
+            case EraserDirect or EraserDirectEf or LlmEraser:
+            {
+                bool sampled = method != EraserDirectEf;
+                var rows = sampled ? e.SampledRows : e.GradientRows;
+                var update = (sampled ? c.Engine : c.EngineEf).Compute(e.Edits, rows is null ? null : _ => rows,
+                    new SolverOptions { Solver = method == LlmEraser ? SolverKind.LlmEraser : SolverKind.Direct, Damping = damping }, cancellation: cancellation);
+                return (update.Theta, update.Report.Seconds + (sampled ? e.SampledRowsSeconds : e.GradientRowsSeconds),
+                    $"residual {update.Report.RelativeResidual:E1}, λ {update.Report.Lambda:G3}");
+            }
+            default:
+                throw new ArgumentException($"'{method}' is not an engine method.");
+        }
+    }
+
+    private (double[] Theta, double Seconds) RetrainOn(SeedContext c, string taskDir, List<string> removed, List<TextSample> corrected)
+    {
+        var byId = corrected.ToDictionary(s => s.Id, StringComparer.Ordinal);
+        string data = Path.Combine(taskDir, "edited.jsonl");
+        WriteJsonl(data, c.Task.Training.Where(s => !removed.Contains(s.Id)).Select(s => byId.GetValueOrDefault(s.Id) ?? s));
+        var r = Train(c.ModelDirectory, data, Path.Combine(taskDir, "retrain"), c.Seed, []);
+        return (LoraAdapterFiles.Read(Path.Combine(taskDir, "retrain"), c.Runtime.Model.Config).Theta, r.TrainSeconds);
+    }
+
+    /// <summary>|log effect ratio| + |log(retain loss / retraining's)|: 0 when the update matches retraining on both.</summary>
+    public static double CalibrationDistance(CalibrationPoint p, double retrainRetain) =>
+        Math.Abs(Math.Log(Math.Max(p.EffectRatio, 1e-3))) + Math.Abs(Math.Log(p.RetainLoss / retrainRetain));
 
     private (AdapterPreparation, List<ResultRow>) RunSeed(int seed, Corpus corpus, string modelDir, LlamaModel model, ModelTokenizer tokenizer,
         string dir, CancellationToken cancellation)
     {
         using var prepared = Prepare(seed, corpus, modelDir, model, tokenizer, dir, cancellation);
-        var context = prepared.Context;
-        var task = context.Task;
         var rows = new List<ResultRow>();
-        int n = task.Training.Count;
-        foreach (double fraction in _settings.Tasks.Contains("removal") ? _settings.RemovalFractions : [])
-        {
-            int count = Math.Max(1, (int)Math.Round(fraction * n));
-            var removed = task.RemovableIds.Take(count).ToList();
-            rows.AddRange(RunTask(context, "removal", (double)count / n, removed, [], cancellation));
-        }
-        if (_settings.Tasks.Contains("query-modification"))
-            rows.AddRange(RunTask(context, "query-modification", (double)task.NoisyPromptIds.Count / n, [],
-                task.NoisyPromptIds.Select(id => task.Clean[id]).ToList(), cancellation));
-        if (_settings.Tasks.Contains("response-correction"))
-            rows.AddRange(RunTask(context, "response-correction", (double)task.CorruptedResponseIds.Count / n, [],
-                task.CorruptedResponseIds.Select(id => task.Clean[id]).ToList(), cancellation));
+        int n = prepared.Context.Training.Count;
+        foreach (var (taskName, removed, corrected) in TaskKinds(prepared.Context.Task, _settings.RemovalFractions))
+            rows.AddRange(RunTask(prepared.Context, taskName, (double)(removed.Count + corrected.Count) / n, removed, corrected, cancellation));
         return (prepared.Preparation, rows);
     }
 
@@ -282,91 +374,30 @@ public sealed class ExperimentRunner(ExperimentSettings settings, string outputD
         LoraRuntime Runtime, InfluenceEngine Engine, InfluenceEngine EngineEf, double[] Theta0, IReadOnlyList<TokenizedSample> Training,
         IReadOnlyList<TokenizedSample> Test, ModelTokenizer Tokenizer);
 
-    private List<ResultRow> RunTask(SeedContext c, string taskName, double fraction, IReadOnlyList<string> removed,
-        IReadOnlyList<TextSample> corrected, CancellationToken cancellation)
+    private List<ResultRow> RunTask(SeedContext c, string taskName, double fraction, List<string> removed, List<TextSample> corrected,
+        CancellationToken cancellation)
     {
         string label = $"seed {c.Seed}: {taskName} {fraction:P0}";
-        string taskDir = Path.Combine(c.Directory, $"{taskName}-{fraction:F2}");
+        string taskDir = Path.Combine(c.Directory, $"{taskName}-{removed.Count + corrected.Count}");
         Directory.CreateDirectory(taskDir);
-        var editedIds = removed.Concat(corrected.Select(s => s.Id)).ToHashSet(StringComparer.Ordinal);
-        var correctedTokens = Tokenize(corrected, c.Tokenizer);
-        var forget = removed.Count > 0 ? c.Training.Where(s => editedIds.Contains(s.Id)).ToList() : correctedTokens;
-        var retain = c.Training.Where(s => !editedIds.Contains(s.Id)).ToList();
-
         var thetas = new Dictionary<string, (double[] Theta, double Seconds, long Peak, string? Note)>();
 
         // Retraining: same initialisation, seed and schedule on the edited data (the gold standard).
-        var retrainData = Path.Combine(taskDir, "edited.jsonl");
-        var correctedById = corrected.ToDictionary(s => s.Id, StringComparer.Ordinal);
-        WriteJsonl(retrainData, c.Task.Training.Where(s => !removed.Contains(s.Id)).Select(s => correctedById.GetValueOrDefault(s.Id) ?? s));
         Measure(thetas, Retrain, label, () =>
         {
-            var r = Train(c.ModelDirectory, retrainData, Path.Combine(taskDir, "retrain"), c.Seed, []);
-            return (LoraAdapterFiles.Read(Path.Combine(taskDir, "retrain"), c.Runtime.Model.Config).Theta, r.TrainSeconds, null);
+            var (theta, seconds) = RetrainOn(c, taskDir, removed, corrected);
+            return (theta, seconds, null);
         });
         thetas[None] = ((double[])c.Theta0.Clone(), 0, ProcessPeak.Current(), null);
 
-        // The engine on its caches: removal directly; corrections first need the corrected samples' rows, computed at
-        // θ₀ exactly as `eraser cache build` computes the cache — their time is added to each engine method's.
-        var edits = EditSet.Empty.Remove(removed);
-        GradientCache? replacementSet = null, replacementGradients = null;
-        double replacementSeconds = 0, replacementGradientSeconds = 0;
-        try
-        {
-            if (corrected.Count > 0)
-            {
-                string file = Path.Combine(taskDir, "corrected.jsonl");
-                WriteJsonl(file, corrected);
-                var watch = Stopwatch.StartNew();
-                GradientCacheBuilder.Build(CacheOptions(c.ModelDirectory, Path.Combine(c.Directory, "adapter"), file, Path.Combine(taskDir, "replacements"),
-                    c.Seed, CurvatureMode.Sampled), cancellation: cancellation);
-                replacementSet = GradientCache.Open(Path.Combine(taskDir, "replacements"));
-                replacementSeconds = watch.Elapsed.TotalSeconds;
-                watch.Restart();
-                GradientCacheBuilder.Build(CacheOptions(c.ModelDirectory, Path.Combine(c.Directory, "adapter"), file, Path.Combine(taskDir, "replacements-gradients"),
-                    c.Seed, CurvatureMode.None), cancellation: cancellation);
-                replacementGradients = GradientCache.Open(Path.Combine(taskDir, "replacements-gradients"));
-                replacementGradientSeconds = watch.Elapsed.TotalSeconds;
-                edits = edits.Replace(corrected.Select(s => s.Id), "corrected");
-            }
-            Func<string, GradientCache>? sampledRows = replacementSet is null ? null : _ => replacementSet;
-            Func<string, GradientCache>? gradientRows = replacementGradients is null ? null : _ => replacementGradients;
-            Measure(thetas, EraserDirect, label, () =>
-            {
-                var update = c.Engine.Compute(edits, sampledRows, Solver(SolverKind.Direct, EraserDirect), cancellation: cancellation);
-                return (update.Theta, update.Report.Seconds + replacementSeconds, $"residual {update.Report.RelativeResidual:E1}, λ {update.Report.Lambda:G3}");
-            });
-            Measure(thetas, EraserDirectEf, label, () =>
-            {
-                var update = c.EngineEf.Compute(edits, gradientRows, Solver(SolverKind.Direct, EraserDirectEf), cancellation: cancellation);
-                return (update.Theta, update.Report.Seconds + replacementGradientSeconds, $"residual {update.Report.RelativeResidual:E1}, λ {update.Report.Lambda:G3}");
-            });
-            // The paper's solver (Adam on eraser-direct's quadratic, published x_lr = x_init = x_adjust = 1e-5, 1000 steps).
-            Measure(thetas, LlmEraser, label, () =>
-            {
-                var update = c.Engine.Compute(edits, sampledRows, Solver(SolverKind.LlmEraser, LlmEraser), cancellation: cancellation);
-                return (update.Theta, update.Report.Seconds + replacementSeconds, $"residual {update.Report.RelativeResidual:E1}");
-            });
-        }
-        finally
-        {
-            replacementSet?.Dispose();
-            replacementGradients?.Dispose();
-        }
-
-        // Exact Hessian (double backward through the model over the edited training set), conjugate gradient.
-        Measure(thetas, EraserExactCg, label, () =>
-        {
-            var r = ExactInfluence.Solve(c.Runtime, c.Theta0, c.Training, removed, correctedTokens, _settings.L2 + _settings.DampingOf(EraserExactCg),
-                _settings.ExactCgTolerance, _settings.ExactCgMaxIterations);
-            return (r.Theta, r.Seconds, $"{r.Iterations} iterations, residual {r.RelativeResidual:E1}{(r.NegativeCurvature ? ", stopped at negative curvature" : "")}");
-        });
-
+        using var edits = PrepareEdits(c, taskDir, removed, corrected, cancellation);
+        foreach (var method in new[] { EraserDirect, EraserDirectEf, LlmEraser, EraserExactCg })
+            Measure(thetas, method, label, () => SolveVariant(c, edits, method, _settings.DampingOf(taskName, method), cancellation));
         if (removed.Count > 0)
             Measure(thetas, GradientAscent, label, () =>
             {
                 var watch = Stopwatch.StartNew();
-                var theta = GradientAscentOn(c.Runtime, c.Theta0, forget);
+                var theta = GradientAscentOn(c.Runtime, c.Theta0, edits.Forget);
                 return (theta, watch.Elapsed.TotalSeconds, $"{_settings.GradientAscentSteps} Adam steps, lr {_settings.LearningRate:G3}");
             });
 
@@ -375,14 +406,14 @@ public sealed class ExperimentRunner(ExperimentSettings settings, string outputD
         double reference = Distance(c.Theta0, retrained);
         foreach (var (method, (theta, seconds, peak, note)) in thetas.OrderBy(kv => Array.IndexOf(Methods, kv.Key)))
         {
-            var (fl, fe, _) = c.Runtime.Evaluate(forget, theta);
-            var (rl, re, _) = c.Runtime.Evaluate(retain, theta);
+            var (fl, fe, _) = c.Runtime.Evaluate(edits.Forget, theta);
+            var (rl, re, _) = c.Runtime.Evaluate(edits.Retain, theta);
             var (tl, _, _) = c.Runtime.Evaluate(c.Test, theta);
             rows.Add(new ResultRow(taskName, fraction, method, c.Seed, fl.Average(), rl.Average(), tl.Average(), fe.Average(b => b ? 1.0 : 0.0),
-                seconds, peak, re.Average(b => b ? 1.0 : 0.0), reference > 0 ? Distance(theta, retrained) / reference : 0, editedIds.Count, note));
+                seconds, peak, re.Average(b => b ? 1.0 : 0.0), reference > 0 ? Distance(theta, retrained) / reference : 0, edits.Count, note));
         }
         Log($"{label}: forget loss " + string.Join(" / ", rows.Select(r => $"{r.Method} {r.ForgetLoss:F3}")) +
-            $"; retain loss " + string.Join(" / ", rows.Select(r => $"{r.RetainLoss:F3}")));
+            "; retain loss " + string.Join(" / ", rows.Select(r => $"{r.RetainLoss:F3}")));
         return rows;
     }
 
@@ -396,8 +427,6 @@ public sealed class ExperimentRunner(ExperimentSettings settings, string outputD
         into[method] = (theta, seconds, peak.Stop(), note);
         Log($"{label}: {method} {seconds:F3} s{(note is null ? "" : $" ({note})")}");
     }
-
-    private SolverOptions Solver(SolverKind kind, string method) => new() { Solver = kind, Damping = _settings.DampingOf(method) };
 
     private CacheBuildOptions CacheOptions(string modelDir, string adapter, string data, string output, int seed, CurvatureMode curvature) => new()
     {

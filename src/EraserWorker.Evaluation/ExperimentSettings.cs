@@ -41,34 +41,36 @@ public sealed record ExperimentSettings
     /// <summary>Methods to run besides retrain and none (see <see cref="ExperimentRunner.Methods"/>).</summary>
     public string[] Methods { get; init; } = ["eraser-direct", "eraser-direct-ef", "eraser-exact-cg", "llmeraser", "gradient-ascent"];
 
-    public double DampingOf(string method) => Dampings.GetValueOrDefault(method == "llmeraser" ? "eraser-direct" : method);
+    public double DampingOf(string task, string method) => Dampings.GetValueOrDefault($"{task}/{(method == "llmeraser" ? "eraser-direct" : method)}");
 
     // ---- LoRA fine-tuning (the original adapter and every retraining) ----
     public int Rank { get; init; } = 8;
     public double Alpha { get; init; } = 16;
     public string[] TargetModules { get; init; } = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
-    public int Epochs { get; init; } = 30;
+    public int Epochs { get; init; } = 100;
     public int BatchSize { get; init; } = 16;
-    public double LearningRate { get; init; } = 3e-3;
+    public double LearningRate { get; init; } = 1e-2;
     /// <summary>L2 of the objective in SPEC §1's sum convention (also the cache's l2: λ of the influence update).</summary>
-    public double L2 { get; init; } = 1.0;
+    public double L2 { get; init; } = 10.0;
 
     // ---- methods ----
-    /// <summary>Damping δ added to l2 (λ = l2 + δ) per engine variant (eraser-direct, eraser-direct-ef, eraser-exact-cg;
-    /// llmeraser shares eraser-direct's quadratic); when <see cref="CalibrationSeed"/> is set, the run replaces these
-    /// with the values calibrated on that seed.</summary>
-    public Dictionary<string, double> Dampings { get; init; } = new() { ["eraser-direct"] = 0, ["eraser-direct-ef"] = 0, ["eraser-exact-cg"] = 0 };
+    /// <summary>Damping δ added to l2 (λ = l2 + δ) per "task/variant" (variants eraser-direct, eraser-direct-ef,
+    /// eraser-exact-cg; llmeraser shares eraser-direct's quadratic); missing entries are 0. When
+    /// <see cref="CalibrationSeed"/> is set, the run replaces these with the values calibrated on that seed.</summary>
+    public Dictionary<string, double> Dampings { get; init; } = [];
     /// <summary>A development seed, never one of <see cref="Seeds"/>, on which the damping is chosen before the evaluation
-    /// seeds run: removal of <see cref="CalibrationFraction"/>, the grid value whose forget-set effect is closest to
-    /// retraining's (|log ratio|). Null: use <see cref="Damping"/> as given.</summary>
+    /// seeds run, per task kind (removal of <see cref="CalibrationFraction"/>, and the seed's own query modification and
+    /// response correction) and engine variant: the grid value closest to retraining on both the forget
+    /// set's effect and the retain loss (least |log effect ratio| + |log(retain loss / retraining's)|). Null: use
+    /// <see cref="Dampings"/> as given.</summary>
     public int? CalibrationSeed { get; init; } = 0;
     public double CalibrationFraction { get; init; } = 0.05;
-    public double[] DampingGrid { get; init; } = [0, 0.3, 1, 3, 10, 30, 100];
+    public double[] DampingGrid { get; init; } = [0, 1, 3, 10, 30, 100];
     /// <summary>The grid for the exact-Hessian variant (each point is a full conjugate-gradient solve over the model).</summary>
-    public double[] ExactDampingGrid { get; init; } = [0.3, 1, 3, 10];
+    public double[] ExactDampingGrid { get; init; } = [1, 3, 10];
     /// <summary>Exact-HVP conjugate gradient: relative-residual target and iteration cap.</summary>
     public double ExactCgTolerance { get; init; } = 1e-3;
-    public int ExactCgMaxIterations { get; init; } = 30;
+    public int ExactCgMaxIterations { get; init; } = 20;
     /// <summary>Gradient ascent on the forget set: Adam steps at the fine-tuning learning rate.</summary>
     public int GradientAscentSteps { get; init; } = 10;
 
