@@ -26,6 +26,27 @@ public static class ExperimentReport
         Directory.CreateDirectory(directory);
         // results.json: the row list at the top level's "rows", with everything needed to reproduce it.
         File.WriteAllText(Path.Combine(directory, ResultsFile), JsonSerializer.Serialize(results, Json));
+        WriteReport(results, directory);
+    }
+
+    /// <summary>Reads a results.json written by <see cref="Write"/>.</summary>
+    public static ExperimentResults Read(string path)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize<ExperimentResults>(File.ReadAllText(path), Json)
+                ?? throw new InvalidDataException($"{path}: empty results.");
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{path}: not an experiment results.json ({e.Message}).", e);
+        }
+    }
+
+    /// <summary>report.md and the plots from results (also for re-rendering an earlier run's results.json).</summary>
+    public static void WriteReport(ExperimentResults results, string directory)
+    {
+        Directory.CreateDirectory(directory);
         PlotForgetRetain(results, Path.Combine(directory, ForgetRetainPlot));
         PlotTimes(results, Path.Combine(directory, TimePlot));
         File.WriteAllText(Path.Combine(directory, ReportFile), Markdown(results));
@@ -105,7 +126,8 @@ public static class ExperimentReport
             "the task does not touch. *Test*: held-out facts. *EM*: greedy exact match of the forget set's responses. *Effect ratio*: " +
             "(forget loss − none's) / (retrain's − none's), per seed; 1 means the method moved the forget set exactly as retraining did " +
             "(for the replacement tasks the forget loss falls, and the ratio compares the falls). " +
-            "*Distance*: ‖θ − θ_retrain‖ / ‖θ₀ − θ_retrain‖. *Seconds*: the update alone (retraining: its epochs; engine variants: the solve on " +
+            "*Distance*: ‖ΔW − ΔW_retrain‖ / ‖ΔW₀ − ΔW_retrain‖ over the adapters' weight changes ΔW = scaling·B·A (LoRA's factors " +
+            "themselves are not identifiable); 1 for `none`, 0 for `retrain`. *Seconds*: the update alone (retraining: its epochs; engine variants: the solve on " +
             "the warm cache, plus computing the corrected samples' rows for the replacement tasks). *Peak*: resident memory of the process during " +
             "the method (it includes the base model, the warm engine and the .NET runtime).");
         md.AppendLine();
@@ -263,20 +285,27 @@ public static class ExperimentReport
         {
             var (task, fraction, rows) = groups[g];
             var p = plot.GetPlot(g);
-            p.Title(Label(task, fraction), size: 12);
+            // Gradient ascent diverges by an order of magnitude: keep the axes on the other methods and say so.
+            var onScale = rows.Where(x => x.Method != ExperimentRunner.GradientAscent).ToList();
+            double maxX = onScale.Max(x => x.RetainLoss), maxY = onScale.Max(x => x.ForgetLoss);
+            double minX = onScale.Min(x => x.RetainLoss), minY = onScale.Min(x => x.ForgetLoss);
+            bool offScale = rows.Any(x => x.Method == ExperimentRunner.GradientAscent && (x.RetainLoss > maxX * 1.5 || x.ForgetLoss > maxY * 1.5));
+            p.Title(Label(task, fraction) + (offScale ? " (gradient ascent off-scale)" : ""), size: 12);
             p.XLabel("retain loss");
-            p.YLabel("forget loss");
+            p.YLabel("forget loss (edited samples)");
             for (int k = 0; k < ExperimentRunner.Methods.Length; k++)
             {
                 var m = rows.Where(x => x.Method == ExperimentRunner.Methods[k]).ToList();
-                if (m.Count == 0)
+                if (m.Count == 0 || (offScale && ExperimentRunner.Methods[k] == ExperimentRunner.GradientAscent))
                     continue;
                 var sc = p.Add.ScatterPoints(m.Select(x => x.RetainLoss).ToArray(), m.Select(x => x.ForgetLoss).ToArray(), palette.GetColor(k));
                 sc.MarkerSize = 7;
                 sc.LegendText = g == 0 ? ExperimentRunner.Methods[k] : "";
             }
+            double padX = Math.Max(0.05, 0.08 * (maxX - minX)), padY = Math.Max(0.05, 0.08 * (maxY - minY));
+            p.Axes.SetLimits(minX - padX, maxX + padX, minY - padY, maxY + padY);
             if (g == 0)
-                p.ShowLegend(Alignment.UpperRight);
+                p.ShowLegend(Alignment.UpperLeft);
         }
         plot.Layout = new ScottPlot.MultiplotLayouts.Grid(2, (groups.Count + 1) / 2);
         plot.SavePng(path, 1500, 850);

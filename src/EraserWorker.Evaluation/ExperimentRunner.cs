@@ -13,7 +13,8 @@ namespace EraserWorker.Evaluation;
 /// <param name="ForgetLoss">Mean loss on the edited samples — for removal the removed samples as trained; for the
 /// replacement tasks their corrected form (what the unlearned model should now answer).</param>
 /// <param name="ForgetExactMatch">Share of those samples whose response greedy decoding reproduces.</param>
-/// <param name="DistanceToRetrain">‖θ − θ_retrain‖ / ‖θ₀ − θ_retrain‖ (1 for <c>none</c>, 0 for <c>retrain</c>).</param>
+/// <param name="DistanceToRetrain">‖ΔW − ΔW_retrain‖ / ‖ΔW₀ − ΔW_retrain‖ over the weight changes ΔW = scaling·B·A
+/// (1 for <c>none</c>, 0 for <c>retrain</c>).</param>
 /// <param name="Seconds">Wall time of the method's update (retraining: its training epochs; the engine variants: the
 /// solve on the warm cache plus any replacement rows they compute; the cache build is reported per adapter).</param>
 /// <param name="PeakMemoryBytes">Peak resident memory of the process while the method ran (includes the loaded base
@@ -403,14 +404,17 @@ public sealed class ExperimentRunner(ExperimentSettings settings, string outputD
 
         var rows = new List<ResultRow>();
         var retrained = thetas[Retrain].Theta;
-        double reference = Distance(c.Theta0, retrained);
+        // LoRA's factors are not identifiable (B·A = (B·M)(M⁻¹·A)), so distances are taken between the weight changes
+        // ΔW = scaling·B·A the adapters make, not between θ vectors.
+        var retrainedDelta = WeightDelta(c.Runtime.Layout, retrained);
+        double reference = Distance(WeightDelta(c.Runtime.Layout, c.Theta0), retrainedDelta);
         foreach (var (method, (theta, seconds, peak, note)) in thetas.OrderBy(kv => Array.IndexOf(Methods, kv.Key)))
         {
             var (fl, fe, _) = c.Runtime.Evaluate(edits.Forget, theta);
             var (rl, re, _) = c.Runtime.Evaluate(edits.Retain, theta);
             var (tl, _, _) = c.Runtime.Evaluate(c.Test, theta);
             rows.Add(new ResultRow(taskName, fraction, method, c.Seed, fl.Average(), rl.Average(), tl.Average(), fe.Average(b => b ? 1.0 : 0.0),
-                seconds, peak, re.Average(b => b ? 1.0 : 0.0), reference > 0 ? Distance(theta, retrained) / reference : 0, edits.Count, note));
+                seconds, peak, re.Average(b => b ? 1.0 : 0.0), reference > 0 ? Distance(WeightDelta(c.Runtime.Layout, theta), retrainedDelta) / reference : 0, edits.Count, note));
         }
         Log($"{label}: forget loss " + string.Join(" / ", rows.Select(r => $"{r.Method} {r.ForgetLoss:F3}")) +
             "; retain loss " + string.Join(" / ", rows.Select(r => $"{r.RetainLoss:F3}")));
@@ -481,6 +485,22 @@ public sealed class ExperimentRunner(ExperimentSettings settings, string outputD
             }
         }
         return theta;
+    }
+
+    /// <summary>The concatenated ΔW = scaling · B · A of every adapted module.</summary>
+    public static double[] WeightDelta(LoraLayout layout, double[] theta)
+    {
+        var result = new List<double>();
+        foreach (var m in layout.Modules)
+            for (int o = 0; o < m.Out; o++)
+                for (int i = 0; i < m.In; i++)
+                {
+                    double sum = 0;
+                    for (int k = 0; k < m.Rank; k++)
+                        sum += theta[m.OffsetB + (long)o * m.Rank + k] * theta[m.OffsetA + (long)k * m.In + i];
+                    result.Add(m.Scaling * sum);
+                }
+        return result.ToArray();
     }
 
     private static double Distance(double[] a, double[] b)

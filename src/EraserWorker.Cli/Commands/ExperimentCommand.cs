@@ -40,6 +40,18 @@ public static class ExperimentCommand
             Console.Out.WriteLine(Path.Combine(Path.GetFullPath(dir), ExperimentReport.ReportFile));
             return 0;
         }), cancellation));
-        return new Command("experiment", "Evaluation experiments.") { run };
+        var results = new Option<string>("--results") { Description = "results.json of an earlier run.", Required = true };
+        var reportOut = new Option<string>("--out") { Description = "Folder for report.md and the plots (default: the results file's folder)." };
+        var report = new Command("report", "Render report.md and the plots again from a results.json.") { results, reportOut };
+        report.SetAction(parse => CliErrors.Run(() =>
+        {
+            string file = parse.GetValue(results)!;
+            var loaded = ExperimentReport.Read(file);
+            string dir = parse.GetValue(reportOut) ?? Path.GetDirectoryName(Path.GetFullPath(file))!;
+            ExperimentReport.WriteReport(loaded, dir);
+            Console.Out.WriteLine(Path.Combine(Path.GetFullPath(dir), ExperimentReport.ReportFile));
+            return 0;
+        }));
+        return new Command("experiment", "Evaluation experiments.") { run, report };
     }
 }

@@ -191,5 +191,9 @@ public sealed class EvaluationTests : IDisposable
             Assert.Contains(heading, report);
         foreach (var png in new[] { ExperimentReport.ForgetRetainPlot, ExperimentReport.TimePlot })
             Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, File.ReadAllBytes(Path.Combine(output, png))[..4]);
+
+        // `eraser experiment report` re-renders the same report from results.json alone.
+        ExperimentReport.WriteReport(ExperimentReport.Read(Path.Combine(output, ExperimentReport.ResultsFile)), _temp.Sub("again"));
+        Assert.Equal(report, File.ReadAllText(Path.Combine(_temp.Sub("again"), ExperimentReport.ReportFile)));
     }
 }
