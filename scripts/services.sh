@@ -14,8 +14,9 @@
 #   deps     installs, only when missing, every Debian package the test suite needs — the services'
 #            (rabbitmq-server, nodejs, npm, curl) and the tools' (prometheus for promtool and python3-yaml,
 #            both required by infra/check.sh; yamllint and shellcheck, whose checks infra/check.sh otherwise
-#            skips; python3-pika and python3-numpy for /usr/bin/python3) — with one apt-get update at most and
-#            --no-install-recommends; quick when everything is present. scripts/test.sh runs it first.
+#            skips; python3-pika, python3-numpy, python3-torch and python3-sentencepiece for /usr/bin/python3,
+#            the last two for the model tests' PyTorch and SentencePiece references) — with one apt-get update
+#            at most and --no-install-recommends; quick when everything is present. scripts/test.sh runs it first.
 #
 # Environment: ERASER_SERVICES_TIMEOUT (seconds to wait for readiness, default 90).
 set -euo pipefail
@@ -73,7 +74,8 @@ missing_packages() {
     command -v yamllint >/dev/null || missing+=(yamllint)
     command -v shellcheck >/dev/null || missing+=(shellcheck)
     local module package
-    for module in yaml:python3-yaml pika:python3-pika numpy:python3-numpy torch:python3-torch; do
+    for module in yaml:python3-yaml pika:python3-pika numpy:python3-numpy torch:python3-torch \
+        sentencepiece:python3-sentencepiece; do
         package="${module#*:}"
         module="${module%%:*}"
         [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c "import $module" 2>/dev/null || missing+=("$package")

@@ -112,11 +112,13 @@ public sealed record ExperimentSettings
         Seeds = [1, 2, 3],
     };
 
-    /// <summary>The documented run (docs/results/): a longer-trained base model, 200 training samples, 5 seeds.</summary>
+    /// <summary>The documented run (docs/results/): 200 training samples, 5 seeds. The base model is pretrained as in
+    /// <see cref="Quick"/> (300 steps, about 4.6 passes over the corpus): 1200 steps overfit the small corpus (3.57
+    /// nats/token held out, against 3.01 after 300).</summary>
     public static ExperimentSettings Full => new()
     {
         Name = "full",
-        PretrainSteps = 1200,
+        PretrainSteps = 300,
         TrainSamples = 200,
         TestSamples = 40,
         Seeds = [1, 2, 3, 4, 5],

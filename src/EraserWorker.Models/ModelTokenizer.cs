@@ -6,18 +6,20 @@ using Microsoft.ML.Tokenizers;
 namespace EraserWorker.Models;
 
 /// <summary>
-/// The tokenizer of a model folder, through Microsoft.ML.Tokenizers: <c>tokenizer.model</c> (SentencePiece, LLaMA 1/2,
-/// Mistral) when present, else a byte-level BPE <c>tokenizer.json</c> (LLaMA 3, Qwen2: vocabulary, merges, the
-/// pre-tokenizer's split regex and the added special tokens).
+/// The tokenizer of a model folder: <c>tokenizer.model</c> (SentencePiece, LLaMA 1/2, Mistral) when present, else a
+/// byte-level BPE <c>tokenizer.json</c> (LLaMA 3, Qwen2: vocabulary, merges, the pre-tokenizer's split regex and the
+/// added special tokens), through Microsoft.ML.Tokenizers. A <c>tokenizer.model</c> is encoded by
+/// <see cref="SentencePieceBpe"/> (SentencePiece's own algorithm: Microsoft.ML.Tokenizers 2.0.1 breaks merge ties
+/// differently) and decoded by Microsoft.ML.Tokenizers' <c>LlamaTokenizer</c>.
 /// A sample is encoded as prompt → [BOS] + tokens(prompt), response → tokens(response) + [EOS] (BOS/EOS when the
 /// model has them; the two texts are tokenised separately, as supervised fine-tuning scripts do).
 /// </summary>
 public sealed class ModelTokenizer
 {
     private readonly Tokenizer _tokenizer;
-    private readonly bool _sentencePiece;
+    private readonly SentencePieceBpe? _sentencePiece;
 
-    private ModelTokenizer(Tokenizer tokenizer, bool sentencePiece, int? bos, int? eos, string source)
+    private ModelTokenizer(Tokenizer tokenizer, SentencePieceBpe? sentencePiece, int? bos, int? eos, string source)
     {
         _tokenizer = tokenizer;
         _sentencePiece = sentencePiece;
@@ -39,9 +41,11 @@ public sealed class ModelTokenizer
         string sp = Path.Combine(modelDirectory, "tokenizer.model");
         if (File.Exists(sp))
         {
-            using var stream = File.OpenRead(sp);
-            var t = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false);
-            return new ModelTokenizer(t, true, config.BosTokenId ?? t.BeginningOfSentenceId, config.EosTokenId ?? t.EndOfSentenceId, sp);
+            byte[] model = File.ReadAllBytes(sp);
+            LlamaTokenizer t;
+            using (var stream = new MemoryStream(model, writable: false))
+                t = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false);
+            return new ModelTokenizer(t, SentencePieceBpe.Parse(model, sp), config.BosTokenId ?? t.BeginningOfSentenceId, config.EosTokenId ?? t.EndOfSentenceId, sp);
         }
         string json = Path.Combine(modelDirectory, "tokenizer.json");
         return File.Exists(json) ? FromTokenizerJson(json, config) : null;
@@ -84,7 +88,7 @@ public sealed class ModelTokenizer
         // BOS is added when the post-processor's template starts with it (LLaMA 3); EOS is appended to responses.
         int? bos = config.BosTokenId is int b && (root["post_processor"]?.ToJsonString() ?? "").Contains($"\"id\":{b}", StringComparison.Ordinal) ? b : null;
         bos ??= PostProcessorBos(root, special);
-        return new ModelTokenizer(tokenizer, false, bos, config.EosTokenId, path);
+        return new ModelTokenizer(tokenizer, null, bos, config.EosTokenId, path);
     }
 
     private const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
@@ -116,11 +120,8 @@ public sealed class ModelTokenizer
         return null;
     }
 
-    /// <summary>Token ids of a text, without special tokens.</summary>
-    public int[] Encode(string text) =>
-        (_sentencePiece
-            ? ((SentencePieceTokenizer)_tokenizer).EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false)
-            : _tokenizer.EncodeToIds(text)).ToArray();
+    /// <summary>Token ids of a text, without special tokens (a SentencePiece model: exactly <c>SentencePieceProcessor.encode</c>).</summary>
+    public int[] Encode(string text) => _sentencePiece?.Encode(text) ?? _tokenizer.EncodeToIds(text).ToArray();
 
     public string Decode(IEnumerable<int> ids) => _tokenizer.Decode(ids);
 

@@ -11,7 +11,7 @@ using Microsoft.Extensions.Options;
 namespace EraserWorker.Unlearning;
 
 /// <summary>One adapter's warm state: its base adapter on local disk, the loaded engine and opened replacement sets.</summary>
-public sealed class WarmAdapter(string adapterId, PeftAdapter baseAdapter, InfluenceEngine engine, string directory) : IDisposable
+public sealed class WarmAdapter(string adapterId, PeftAdapter baseAdapter, InfluenceEngine engine, string directory) : IWarm
 {
     private readonly Dictionary<string, GradientCache> _replacements = new(StringComparer.Ordinal);
 
@@ -45,92 +45,58 @@ public sealed class WarmAdapter(string adapterId, PeftAdapter baseAdapter, Influ
 /// Least-recently-used set of warm adapters: the base (version 0) and its cache are downloaded and loaded once,
 /// then serve every batch until evicted. Versions are always computed from this base (path independence).
 /// </summary>
-public sealed class WarmEngines(AdapterStore store, IOptions<WorkerOptions> worker, IOptions<ComputeOptions> compute,
-    EraserMetrics metrics, ILogger<WarmEngines> logger) : IDisposable
+public sealed class WarmEngines : IDisposable
 {
-    private readonly LinkedList<WarmAdapter> _recent = new();
-    private readonly SemaphoreSlim _gate = new(1, 1);
+    private readonly AdapterStore _store;
+    private readonly IOptions<WorkerOptions> _worker;
+    private readonly IOptions<ComputeOptions> _compute;
+    private readonly EraserMetrics _metrics;
+    private readonly ILogger<WarmEngines> _logger;
+    private readonly WarmSet<WarmAdapter> _warm;
+
+    public WarmEngines(AdapterStore store, IOptions<WorkerOptions> worker, IOptions<ComputeOptions> compute, EraserMetrics metrics,
+        ILogger<WarmEngines> logger)
+    {
+        (_store, _worker, _compute, _metrics, _logger) = (store, worker, compute, metrics, logger);
+        _warm = new WarmSet<WarmAdapter>(() => worker.Value.MaxWarmAdapters, LoadAsync, evicted =>
+        {
+            WarmSet<WarmAdapter>.TryDeleteDirectory(evicted.Directory);
+            logger.LogInformation("Evicted warm adapter {AdapterId}", evicted.AdapterId);
+        });
+    }
 
     /// <summary>The warm state of an adapter, loading it when absent. Null when the adapter is not registered.</summary>
     public async Task<WarmAdapter?> GetAsync(string adapterId, CancellationToken cancellation)
     {
-        await _gate.WaitAsync(cancellation);
-        try
-        {
-            var node = _recent.First;
-            while (node is not null && node.Value.AdapterId != adapterId)
-                node = node.Next;
-            if (node is not null)
-            {
-                _recent.Remove(node);
-                _recent.AddFirst(node);
-                return node.Value;
-            }
-            var loaded = await LoadAsync(adapterId, cancellation);
-            if (loaded is null)
-                return null;
-            _recent.AddFirst(loaded);
-            while (_recent.Count > worker.Value.MaxWarmAdapters)
-            {
-                var evicted = _recent.Last!.Value;
-                _recent.RemoveLast();
-                // Wait for a batch still using it, then release its memory.
-                await evicted.Gate.WaitAsync(cancellation);
-                evicted.Dispose();
-                TryDelete(evicted.Directory);
-                logger.LogInformation("Evicted warm adapter {AdapterId}", evicted.AdapterId);
-            }
-            metrics.SetCachedAdapters(_recent.Count);
-            return loaded;
-        }
-        finally
-        {
-            _gate.Release();
-        }
+        var warm = await _warm.GetAsync(adapterId, cancellation);
+        _metrics.SetCachedAdapters(_warm.Count);
+        return warm;
     }
 
     private async Task<WarmAdapter?> LoadAsync(string adapterId, CancellationToken cancellation)
     {
-        if (await store.GetHeadAsync(adapterId, cancellation) is null)
+        if (await _store.GetHeadAsync(adapterId, cancellation) is null)
             return null;
         var watch = Stopwatch.StartNew();
-        var directory = Path.Combine(worker.Value.WorkDirectory, "warm", Guid.NewGuid().ToString("N"));
+        var directory = Path.Combine(_worker.Value.WorkDirectory, "warm", Guid.NewGuid().ToString("N"));
         string baseDir = Path.Combine(directory, "base"), cacheDir = Path.Combine(directory, "cache");
         try
         {
-            await store.DownloadVersionAsync(adapterId, 0, baseDir, cancellation);
-            await store.DownloadCacheAsync(adapterId, cacheDir, cancellation);
+            await _store.DownloadVersionAsync(adapterId, 0, baseDir, cancellation);
+            await _store.DownloadCacheAsync(adapterId, cacheDir, cancellation);
             var adapter = PeftAdapter.Open(baseDir);
-            var engine = InfluenceEngine.Load(adapter, GradientCache.Open(cacheDir), compute.Value, null, cancellation);
-            metrics.ObserveCacheLoad(watch.Elapsed);
-            logger.LogInformation("Loaded adapter {AdapterId}: {Rows} cached samples, P = {Parameters}, on {Device} in {Seconds:F2} s",
+            var engine = InfluenceEngine.Load(adapter, GradientCache.Open(cacheDir), _compute.Value, null, cancellation);
+            _metrics.ObserveCacheLoad(watch.Elapsed);
+            _logger.LogInformation("Loaded adapter {AdapterId}: {Rows} cached samples, P = {Parameters}, on {Device} in {Seconds:F2} s",
                 adapterId, engine.Cache.RowCount, engine.Cache.ParameterCount, engine.DeviceName, watch.Elapsed.TotalSeconds);
             return new WarmAdapter(adapterId, adapter, engine, directory);
         }
         catch
         {
-            TryDelete(directory);
+            WarmSet<WarmAdapter>.TryDeleteDirectory(directory);
             throw;
         }
     }
 
-    private static void TryDelete(string directory)
-    {
-        try
-        {
-            if (System.IO.Directory.Exists(directory))
-                System.IO.Directory.Delete(directory, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
-    }
-
-    public void Dispose()
-    {
-        foreach (var warm in _recent)
-            warm.Dispose();
-        _recent.Clear();
-        _gate.Dispose();
-    }
+    public void Dispose() => _warm.Dispose();
 }

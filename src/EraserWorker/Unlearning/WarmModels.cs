@@ -14,7 +14,7 @@ namespace EraserWorker.Unlearning;
 /// registered base adapter, version 0, at which the gradient cache was built).
 /// </summary>
 public sealed class WarmModel(string adapterId, LlamaModel model, LoraRuntime runtime, ModelTokenizer? tokenizer, double[] theta0,
-    string baseAdapterSha256) : IDisposable
+    string baseAdapterSha256) : IWarm
 {
     public string AdapterId { get; } = adapterId;
     public LlamaModel Model { get; } = model;
@@ -44,59 +44,36 @@ public sealed class WarmModel(string adapterId, LlamaModel model, LoraRuntime ru
 /// counterpart of <see cref="WarmEngines"/>: the model registered with an adapter (<c>adapters/&lt;id&gt;/model/</c>) and
 /// its version 0 are downloaded and loaded once, then compute the rows of every text replacement of that adapter.
 /// </summary>
-public sealed class WarmModels(AdapterStore store, IOptions<WorkerOptions> worker, IOptions<ComputeOptions> compute,
-    ILogger<WarmModels> logger) : IDisposable
+public sealed class WarmModels : IDisposable
 {
-    private readonly LinkedList<WarmModel> _recent = new();
-    private readonly SemaphoreSlim _gate = new(1, 1);
+    private readonly AdapterStore _store;
+    private readonly IOptions<WorkerOptions> _worker;
+    private readonly IOptions<ComputeOptions> _compute;
+    private readonly ILogger<WarmModels> _logger;
+    private readonly WarmSet<WarmModel> _warm;
+
+    public WarmModels(AdapterStore store, IOptions<WorkerOptions> worker, IOptions<ComputeOptions> compute, ILogger<WarmModels> logger)
+    {
+        (_store, _worker, _compute, _logger) = (store, worker, compute, logger);
+        _warm = new WarmSet<WarmModel>(() => worker.Value.MaxWarmModels, LoadAsync,
+            evicted => logger.LogInformation("Evicted the warm model of {AdapterId}", evicted.AdapterId));
+    }
 
     /// <summary>The loaded model of an adapter, loading it when absent. Null when the adapter was registered without a
     /// model. Throws <see cref="AdapterNotFoundException"/> when it is not registered, <see cref="InvalidDataException"/>
     /// when the stored model cannot be loaded.</summary>
-    public async Task<WarmModel?> GetAsync(string adapterId, CancellationToken cancellation)
-    {
-        await _gate.WaitAsync(cancellation);
-        try
-        {
-            var node = _recent.First;
-            while (node is not null && node.Value.AdapterId != adapterId)
-                node = node.Next;
-            if (node is not null)
-            {
-                _recent.Remove(node);
-                _recent.AddFirst(node);
-                return node.Value;
-            }
-            var loaded = await LoadAsync(adapterId, cancellation);
-            if (loaded is null)
-                return null;
-            _recent.AddFirst(loaded);
-            while (_recent.Count > worker.Value.MaxWarmModels)
-            {
-                var evicted = _recent.Last!.Value;
-                _recent.RemoveLast();
-                await evicted.Gate.WaitAsync(cancellation); // a computation still using it finishes first
-                evicted.Dispose();
-                logger.LogInformation("Evicted the warm model of {AdapterId}", evicted.AdapterId);
-            }
-            return loaded;
-        }
-        finally
-        {
-            _gate.Release();
-        }
-    }
+    public Task<WarmModel?> GetAsync(string adapterId, CancellationToken cancellation) => _warm.GetAsync(adapterId, cancellation);
 
     private async Task<WarmModel?> LoadAsync(string adapterId, CancellationToken cancellation)
     {
         var watch = Stopwatch.StartNew();
-        string directory = Path.Combine(worker.Value.WorkDirectory, "models", Guid.NewGuid().ToString("N"));
+        string directory = Path.Combine(_worker.Value.WorkDirectory, "models", Guid.NewGuid().ToString("N"));
         string modelDir = Path.Combine(directory, "model"), baseDir = Path.Combine(directory, "base");
         try
         {
-            if (!await store.DownloadModelAsync(adapterId, modelDir, cancellation))
+            if (!await _store.DownloadModelAsync(adapterId, modelDir, cancellation))
                 return null;
-            await store.DownloadVersionAsync(adapterId, 0, baseDir, cancellation);
+            await _store.DownloadVersionAsync(adapterId, 0, baseDir, cancellation);
             // The weights are read into memory: the downloaded folder is deleted below.
             LlamaConfig config;
             LlamaModel model;
@@ -109,41 +86,23 @@ public sealed class WarmModels(AdapterStore store, IOptions<WorkerOptions> worke
                 (layout, theta) = LoraAdapterFiles.Read(baseDir, config);
                 tokenizer = ModelTokenizer.TryLoad(modelDir, config);
                 // Float32, like `eraser cache build`'s default: the rows must match the cache's definition.
-                model = LlamaModel.Load(modelDir, ComputePrecision.Float32, compute.Value.Device);
+                model = LlamaModel.Load(modelDir, ComputePrecision.Float32, _compute.Value.Device);
             }
             catch (Exception e) when (e is System.Text.Json.JsonException or FormatException or NotSupportedException or KeyNotFoundException or ArgumentException)
             {
                 throw new InvalidDataException($"The model registered with adapter '{adapterId}' cannot be loaded: {e.Message}", e);
             }
             string sha = FileHash.Sha256OfFile(Path.Combine(baseDir, PeftAdapter.WeightsFileName));
-            logger.LogInformation("Loaded the model of {AdapterId} for text replacements: {Layers} layers, vocabulary {Vocab}, P = {Parameters}, tokenizer {Tokenizer}, on {Device} in {Seconds:F2} s",
+            _logger.LogInformation("Loaded the model of {AdapterId} for text replacements: {Layers} layers, vocabulary {Vocab}, P = {Parameters}, tokenizer {Tokenizer}, on {Device} in {Seconds:F2} s",
                 adapterId, config.NumHiddenLayers, config.VocabSize, layout.ParameterCount, tokenizer is null ? "none" : Path.GetFileName(tokenizer.Source),
                 model.Device, watch.Elapsed.TotalSeconds);
             return new WarmModel(adapterId, model, new LoraRuntime(model, layout), tokenizer, theta, sha);
         }
         finally
         {
-            TryDelete(directory);
+            WarmSet<WarmModel>.TryDeleteDirectory(directory);
         }
     }
 
-    private static void TryDelete(string directory)
-    {
-        try
-        {
-            if (Directory.Exists(directory))
-                Directory.Delete(directory, recursive: true);
-        }
-        catch (IOException)
-        {
-        }
-    }
-
-    public void Dispose()
-    {
-        foreach (var model in _recent)
-            model.Dispose();
-        _recent.Clear();
-        _gate.Dispose();
-    }
+    public void Dispose() => _warm.Dispose();
 }
