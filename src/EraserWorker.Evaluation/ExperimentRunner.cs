@@ -70,6 +70,10 @@ public sealed class ExperimentRunner(ExperimentSettings settings, string outputD
         var started = DateTimeOffset.UtcNow;
         _clock.Start();
         string work = Path.Combine(outputDirectory, "work");
+        if (_settings.Seeds.Length == 0)
+            throw new ArgumentException("No evaluation seeds.");
+        if (_settings.CalibrationSeed is int reserved && _settings.Seeds.Contains(reserved))
+            throw new ArgumentException($"Seed {reserved} is the calibration seed and must not be an evaluation seed.");
         if (baseModel is not null && Path.GetFullPath(baseModel).StartsWith(Path.GetFullPath(work) + "/", StringComparison.Ordinal))
             throw new ArgumentException("--base-model must not lie inside the output's work/ folder, which each run recreates.");
         if (Directory.Exists(work))

@@ -11,7 +11,7 @@ public static class ExperimentCommand
     {
         var quick = new Option<bool>("--quick") { Description = "Every task on 3 seeds at a small scale (under 10 minutes on 2 CPU cores)." };
         var output = new Option<string>("--out") { Description = "Folder for results.json, report.md, the plots and work/ (models, adapters, caches).", Required = true };
-        var seeds = new Option<int[]>("--seeds") { Description = "Override the seeds (comma-separated), e.g. a development seed for tuning.", Arity = ArgumentArity.ZeroOrMore, AllowMultipleArgumentsPerToken = true };
+        var seeds = new Option<string?>("--seeds") { Description = "Override the evaluation seeds, comma-separated (e.g. 7,8); none may be the calibration seed (0)." };
         var corpus = new Option<string>("--corpus") { Description = "Folder of text files the base model learns from.", DefaultValueFactory = _ => Corpus.DefaultDirectory };
         var keepWork = new Option<bool>("--keep-work") { Description = "Keep work/ (base model, adapters, caches) after the run." };
         var baseModel = new Option<string?>("--base-model") { Description = "Reuse this pretrained base-model folder (with tokenizer.json; e.g. work/base-model of an earlier run) instead of pretraining one." };
@@ -25,7 +25,8 @@ public static class ExperimentCommand
             var settings = parse.GetValue(quick) ? ExperimentSettings.Quick : ExperimentSettings.Full;
             if (parse.GetValue(settingsFile) is string file)
                 settings = ExperimentSettings.Override(settings, File.ReadAllText(file), file);
-            var chosen = (parse.GetValue(seeds) ?? []).SelectMany(s => new[] { s }).ToArray();
+            var chosen = (parse.GetValue(seeds) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(s => int.TryParse(s, out int seed) ? seed : throw new ArgumentException($"--seeds: '{s}' is not an integer.")).ToArray();
             if (chosen.Length > 0)
                 settings = settings with { Seeds = chosen };
             string dir = parse.GetValue(output)!;
