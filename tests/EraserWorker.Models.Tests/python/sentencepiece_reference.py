@@ -4,8 +4,8 @@
 Trains a tiny LLaMA-style SentencePiece model on CORPUS — the trainer and normalizer settings of LLaMA 1/2's
 tokenizer.model: BPE, byte fallback, digits split, identity normalization, a dummy prefix, extra whitespace kept,
 unk=0 bos=1 eos=2 — writes it as MODEL_DIR/tokenizer.model and prints JSON: the vocabulary size, the special ids,
-every piece, and for each string of STRINGS_JSON (a JSON array of strings) its ids (`encode`, no BOS/EOS), its
-pieces and the decoding of those ids.
+every piece, for each string of STRINGS_JSON (a JSON array of strings) its ids (`encode`, no BOS/EOS), its
+pieces and the decoding of those ids, and the decodings of a few id lists that encode does not produce.
 
 usage: sentencepiece_reference.py MODEL_DIR CORPUS VOCAB_SIZE STRINGS_JSON
 """
@@ -50,11 +50,18 @@ def main():
     for s in strings:
         ids = sp.encode(s)
         encodings.append({"text": s, "ids": ids, "pieces": [sp.id_to_piece(i) for i in ids], "decoded": sp.decode(ids)})
+    # Decodings of id lists that encode does not produce (bytes or <unk> before a piece that starts with a space).
+    decodes = []
+    for pieces in (["<0x41>", "\u2581t"], ["<0xC3>", "<0xA9>", "\u2581t"], ["<unk>", "\u2581t"], ["<s>", "\u2581t", "</s>"],
+                   ["\u2581t", "<s>", "\u2581t"], ["<0xC3>"], ["\u2581", "\u2581"]):
+        ids = [sp.piece_to_id(p) for p in pieces]
+        decodes.append({"pieces": pieces, "ids": ids, "decoded": sp.decode(ids)})
     json.dump({
         "vocabSize": sp.get_piece_size(),
         "unk": sp.unk_id(), "bos": sp.bos_id(), "eos": sp.eos_id(),
         "pieces": [sp.id_to_piece(i) for i in range(sp.get_piece_size())],
         "encodings": encodings,
+        "decodes": decodes,
     }, sys.stdout)
 
 
