@@ -1,5 +1,5 @@
 using System.Text.Json;
-using EraserWorker.Cli;
+using EraserWorker.TestSupport;
 using EraserWorker.Models.Tests.TestSupport;
 using Xunit.Abstractions;
 
@@ -17,23 +17,7 @@ public sealed class EndToEndTests(ITestOutputHelper output) : IDisposable
 
     public void Dispose() => _world.Dispose();
 
-    private static (int Exit, string Out, string Err) Run(params string[] args)
-    {
-        var (stdout, stderr) = (Console.Out, Console.Error);
-        var (o, e) = (new StringWriter(), new StringWriter());
-        Console.SetOut(o);
-        Console.SetError(e);
-        try
-        {
-            int exit = EraserCommandLine.Build().Parse(args).Invoke();
-            return (exit, o.ToString(), e.ToString());
-        }
-        finally
-        {
-            Console.SetOut(stdout);
-            Console.SetError(stderr);
-        }
-    }
+    private static (int Exit, string Out, string Err) Run(params string[] args) => ConsoleCli.Run(args);
 
     private JsonElement Json(params string[] args)
     {

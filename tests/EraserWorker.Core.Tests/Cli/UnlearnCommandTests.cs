@@ -1,5 +1,5 @@
 using System.Text.Json;
-using EraserWorker.Cli;
+using EraserWorker.TestSupport;
 using EraserWorker.Core.Tests.TestSupport;
 using static EraserWorker.Core.Tests.TestSupport.DenseLinearAlgebra;
 
@@ -13,23 +13,7 @@ public sealed class UnlearnCommandTests : IDisposable
 
     public void Dispose() => _temp.Dispose();
 
-    private static (int Exit, string Out, string Err) Run(params string[] args)
-    {
-        var (stdout, stderr) = (Console.Out, Console.Error);
-        var (o, e) = (new StringWriter(), new StringWriter());
-        Console.SetOut(o);
-        Console.SetError(e);
-        try
-        {
-            int exit = EraserCommandLine.Build().Parse(args).Invoke();
-            return (exit, o.ToString(), e.ToString());
-        }
-        finally
-        {
-            Console.SetOut(stdout);
-            Console.SetError(stderr);
-        }
-    }
+    private static (int Exit, string Out, string Err) Run(params string[] args) => ConsoleCli.Run(args);
 
     [Fact]
     public void Json_output_reports_the_solve_and_the_adapter_equals_retraining()

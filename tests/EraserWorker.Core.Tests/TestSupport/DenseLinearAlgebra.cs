@@ -3,6 +3,24 @@ namespace EraserWorker.Core.Tests.TestSupport;
 /// <summary>Plain double-precision linear algebra, independent of TorchSharp: the oracle's arithmetic.</summary>
 public static class DenseLinearAlgebra
 {
+    /// <summary>Ridge regression solved from scratch: argmin Σ (xᵢᵀθ − yᵢ)²/2 + (l2/2)‖θ‖², i.e.
+    /// (Σ xᵢxᵢᵀ + l2·I) θ = Σ yᵢxᵢ — exact retraining on the given samples.</summary>
+    public static double[] RidgeSolve(IEnumerable<(double[] X, double Y)> samples, int p, double l2)
+    {
+        var h = new double[p, p];
+        var rhs = new double[p];
+        foreach (var (x, y) in samples)
+            for (int a = 0; a < p; a++)
+            {
+                rhs[a] += x[a] * y;
+                for (int b = 0; b < p; b++)
+                    h[a, b] += x[a] * x[b];
+            }
+        for (int a = 0; a < p; a++)
+            h[a, a] += l2;
+        return SolveSpd(h, rhs);
+    }
+
     /// <summary>Solves A x = b for symmetric positive definite A by Cholesky.</summary>
     public static double[] SolveSpd(double[,] a, double[] b)
     {

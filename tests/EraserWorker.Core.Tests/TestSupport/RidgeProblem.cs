@@ -56,29 +56,14 @@ public sealed class RidgeProblem
     /// <summary>Exact retraining on the edited data.</summary>
     public double[] Retrain(ISet<string> removed, IReadOnlyDictionary<string, (double[] X, double Y, double R)> replaced)
     {
-        var h = new double[P, P];
-        var rhs = new double[P];
-        void Add(double[] x, double y)
-        {
-            for (int a = 0; a < P; a++)
-            {
-                rhs[a] += x[a] * y;
-                for (int b = 0; b < P; b++)
-                    h[a, b] += x[a] * x[b];
-            }
-        }
+        var samples = new List<(double[] X, double Y)>();
         for (int i = 0; i < Ids.Length; i++)
         {
             if (removed.Contains(Ids[i]))
                 continue;
-            if (replaced.TryGetValue(Ids[i], out var c))
-                Add(c.X, c.Y);
-            else
-                Add(X[i], Y[i]);
+            samples.Add(replaced.TryGetValue(Ids[i], out var c) ? (c.X, c.Y) : (X[i], Y[i]));
         }
-        for (int a = 0; a < P; a++)
-            h[a, a] += L2;
-        return SolveSpd(h, rhs);
+        return DenseLinearAlgebra.RidgeSolve(samples, P, L2);
     }
 
     /// <summary>Writes the adapter with the cache's tensors in a different order than the cache lists them.</summary>

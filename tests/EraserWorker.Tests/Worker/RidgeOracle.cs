@@ -69,29 +69,14 @@ public sealed class RidgeOracle
     {
         var removedSet = removed.ToHashSet(StringComparer.Ordinal);
         replaced ??= new Dictionary<string, Correction>();
-        var h = new double[P, P];
-        var rhs = new double[P];
-        void Add(double[] x, double y)
-        {
-            for (int a = 0; a < P; a++)
-            {
-                rhs[a] += x[a] * y;
-                for (int b = 0; b < P; b++)
-                    h[a, b] += x[a] * x[b];
-            }
-        }
+        var samples = new List<(double[] X, double Y)>();
         for (int i = 0; i < Ids.Length; i++)
         {
             if (removedSet.Contains(Ids[i]))
                 continue;
-            if (replaced.TryGetValue(Ids[i], out var c))
-                Add(c.X, c.Y);
-            else
-                Add(X[i], Y[i]);
+            samples.Add(replaced.TryGetValue(Ids[i], out var c) ? (c.X, c.Y) : (X[i], Y[i]));
         }
-        for (int a = 0; a < P; a++)
-            h[a, a] += L2;
-        return SolveSpd(h, rhs);
+        return DenseLinearAlgebra.RidgeSolve(samples, P, L2);
     }
 
     /// <summary>Writes the PEFT adapter (tensors in another order than the cache lists them, plus a frozen tensor)

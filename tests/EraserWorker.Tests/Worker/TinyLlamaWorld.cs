@@ -6,6 +6,7 @@ using EraserWorker.Core.Formats.Adapters;
 using EraserWorker.Core.Formats.GradientCaches;
 using EraserWorker.Core.Influence;
 using EraserWorker.Models;
+using EraserWorker.TestSupport;
 
 namespace EraserWorker.Tests.Worker;
 
@@ -37,7 +38,7 @@ public sealed class TinyLlamaWorld : IDisposable
         DataFile = Path.Combine(_temp.Path, "train.jsonl");
         Config = RandomLlama.Tiny(vocab: 302) with { BosTokenId = 300, EosTokenId = 301 };
         RandomLlama.WriteModel(ModelDir, Config, seed: 5);
-        WriteTokenizer(Path.Combine(ModelDir, "tokenizer.json"));
+        TinyByteLevelTokenizer.Write(Path.Combine(ModelDir, "tokenizer.json"));
         File.WriteAllText(Path.Combine(ModelDir, "tokenizer_config.json"), """{"bos_token":"<|begin|>","eos_token":"<|end|>"}""");
         File.WriteAllText(Path.Combine(ModelDir, "README.md"), "not uploaded");
         Lora = new LoraConfig { R = 4, LoraAlpha = 8, TargetModules = ["q_proj", "v_proj"] };
@@ -118,58 +119,6 @@ public sealed class TinyLlamaWorld : IDisposable
         double relative = difference / update;
         Assert.True(relative <= tolerance, $"{what}: ‖θ_worker − θ_oracle‖ / ‖θ_oracle − θ₀‖ = {relative:E2} > {tolerance:E0}");
         return relative;
-    }
-
-    /// <summary>Byte-level BPE (GPT-2 byte map) with a few merges, BOS 300 / EOS 301 as special tokens, the LLaMA-3-style
-    /// post-processor that prepends BOS, and one merge (id 310) outside the model's vocabulary.</summary>
-    private static void WriteTokenizer(string path)
-    {
-        var bs = Enumerable.Range('!', '~' - '!' + 1).Concat(Enumerable.Range('¡', '¬' - '¡' + 1)).Concat(Enumerable.Range('®', 'ÿ' - '®' + 1)).ToList();
-        var cs = bs.ToList();
-        int n = 0;
-        for (int b = 0; b < 256; b++)
-        {
-            if (!bs.Contains(b))
-            {
-                bs.Add(b);
-                cs.Add(256 + n++);
-            }
-        }
-        var map = bs.Zip(cs).ToDictionary(p => p.First, p => (char)p.Second);
-        var vocab = new JsonObject();
-        for (int b = 0; b < 256; b++)
-            vocab[map[b].ToString()] = b;
-        string space = map[' '].ToString();
-        (string Merge, int Id)[] merges = [("h e", 256), ("l l", 257), ("he ll", 258), (space + " w", 259), ("o r", 260), ("x y", 310)];
-        foreach (var (merge, id) in merges)
-            vocab[merge.Replace(" ", "")] = id;
-        var root = new JsonObject
-        {
-            ["version"] = "1.0",
-            ["added_tokens"] = new JsonArray(
-                new JsonObject { ["id"] = 300, ["content"] = "<|begin|>", ["special"] = true },
-                new JsonObject { ["id"] = 301, ["content"] = "<|end|>", ["special"] = true }),
-            ["pre_tokenizer"] = new JsonObject
-            {
-                ["type"] = "Sequence",
-                ["pretokenizers"] = new JsonArray(
-                    new JsonObject { ["type"] = "Split", ["pattern"] = new JsonObject { ["Regex"] = @" ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+" }, ["behavior"] = "Isolated" },
-                    new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["use_regex"] = false }),
-            },
-            ["post_processor"] = new JsonObject
-            {
-                ["type"] = "TemplateProcessing",
-                ["single"] = new JsonArray(new JsonObject { ["SpecialToken"] = new JsonObject { ["id"] = "<|begin|>", ["type_id"] = 0 } },
-                    new JsonObject { ["Sequence"] = new JsonObject { ["id"] = "A", ["type_id"] = 0 } }),
-            },
-            ["model"] = new JsonObject
-            {
-                ["type"] = "BPE",
-                ["vocab"] = vocab,
-                ["merges"] = new JsonArray(merges.Select(m => (JsonNode)JsonValue.Create(m.Merge)!).ToArray()),
-            },
-        };
-        File.WriteAllText(path, root.ToJsonString());
     }
 
     public void Dispose() => _temp.Dispose();

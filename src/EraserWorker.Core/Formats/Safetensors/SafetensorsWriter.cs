@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Numerics;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 using Microsoft.Win32.SafeHandles;
@@ -63,26 +64,22 @@ public static class SafetensorsWriter
     /// <exception cref="ArgumentException">A replacement names no tensor, has a different element count, targets a
     /// dtype other than F32/F16/BF16, or holds a value that is NaN/∞ or overflows that dtype.</exception>
     /// <exception cref="IOException">The destination exists. On any failure the destination is removed.</exception>
-    public static void RewriteWith(string sourcePath, string destinationPath, IReadOnlyDictionary<string, ReadOnlyMemory<float>> replacements)
-    {
-        ArgumentNullException.ThrowIfNull(replacements);
-        var header = SafetensorsHeader.ReadFile(sourcePath);
-        var plan = new Dictionary<string, EncodeChunk>(StringComparer.Ordinal);
-        foreach (var (name, values) in replacements)
-        {
-            var entry = CheckReplacement(header, name, values.Length);
-            int bad = DTypeConversion.IndexOfNotRepresentable(entry.DType, values.Span);
-            if (bad >= 0)
-                throw NotRepresentable(header, entry, bad, values.Span[bad]);
-            plan.Add(name, (elementOffset, dst) =>
-                DTypeConversion.FromSingle(entry.DType, values.Span.Slice((int)elementOffset, dst.Length / entry.ElementSize), dst));
-        }
-        RewriteCore(sourcePath, destinationPath, header, plan);
-    }
+    public static void RewriteWith(string sourcePath, string destinationPath, IReadOnlyDictionary<string, ReadOnlyMemory<float>> replacements) =>
+        RewriteWith(sourcePath, destinationPath, replacements, DTypeConversion.IndexOfNotRepresentable, DTypeConversion.FromSingle);
 
     /// <inheritdoc cref="RewriteWith(string, string, IReadOnlyDictionary{string, ReadOnlyMemory{float}})"/>
     /// <remarks>Values are rounded once, directly from double precision, to the tensor's dtype.</remarks>
-    public static void RewriteWith(string sourcePath, string destinationPath, IReadOnlyDictionary<string, ReadOnlyMemory<double>> replacements)
+    public static void RewriteWith(string sourcePath, string destinationPath, IReadOnlyDictionary<string, ReadOnlyMemory<double>> replacements) =>
+        RewriteWith(sourcePath, destinationPath, replacements, DTypeConversion.IndexOfNotRepresentable, DTypeConversion.FromDouble);
+
+    private delegate int FindNotRepresentable<T>(string dtype, ReadOnlySpan<T> values);
+
+    private delegate void Encode<T>(string dtype, ReadOnlySpan<T> values, Span<byte> destination);
+
+    /// <summary>The float and double overloads: every replacement checked before anything is written, then encoded
+    /// chunk by chunk while the rest of the file is copied.</summary>
+    private static void RewriteWith<T>(string sourcePath, string destinationPath, IReadOnlyDictionary<string, ReadOnlyMemory<T>> replacements,
+        FindNotRepresentable<T> findNotRepresentable, Encode<T> encode) where T : INumberBase<T>
     {
         ArgumentNullException.ThrowIfNull(replacements);
         var header = SafetensorsHeader.ReadFile(sourcePath);
@@ -90,11 +87,11 @@ public static class SafetensorsWriter
         foreach (var (name, values) in replacements)
         {
             var entry = CheckReplacement(header, name, values.Length);
-            int bad = DTypeConversion.IndexOfNotRepresentable(entry.DType, values.Span);
+            int bad = findNotRepresentable(entry.DType, values.Span);
             if (bad >= 0)
-                throw NotRepresentable(header, entry, bad, values.Span[bad]);
+                throw NotRepresentable(header, entry, bad, double.CreateTruncating(values.Span[bad]));
             plan.Add(name, (elementOffset, dst) =>
-                DTypeConversion.FromDouble(entry.DType, values.Span.Slice((int)elementOffset, dst.Length / entry.ElementSize), dst));
+                encode(entry.DType, values.Span.Slice((int)elementOffset, dst.Length / entry.ElementSize), dst));
         }
         RewriteCore(sourcePath, destinationPath, header, plan);
     }
