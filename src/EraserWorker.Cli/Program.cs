@@ -1,3 +1,3 @@
 using EraserWorker.Cli;
 
-return await EraserCommandLine.Build().Parse(args).InvokeAsync();
+return await EraserCommandLine.RunAsync(args);

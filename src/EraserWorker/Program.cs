@@ -1,9 +1,3 @@
-using EraserWorker.Demo;
 using EraserWorker.Hosting;
 
-var builder = WebApplication.CreateBuilder(DemoMode.Expand(args));
-builder.AddEraserWorker();
-
-var app = builder.Build();
-app.MapEraserEndpoints();
-app.Run();
+return await WorkerHost.RunAsync(args);

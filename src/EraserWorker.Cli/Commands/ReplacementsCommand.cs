@@ -1,7 +1,9 @@
 using System.CommandLine;
 using EraserWorker.Cli.Operator;
 using EraserWorker.Cli.Output;
+using EraserWorker.Contracts;
 using EraserWorker.Core.Formats.GradientCaches;
+using EraserWorker.Core.Influence;
 using EraserWorker.Storage;
 
 namespace EraserWorker.Cli.Commands;
@@ -35,7 +37,7 @@ public static class ReplacementsCommand
             string adapterId = parse.GetValue(id)!;
             string dir = parse.GetValue(cache)!;
             AdaptersCommand.CheckAdapterId(adapterId);
-            using var set = GradientCache.Open(dir);
+            using var set = InputValidation.OpenCache(dir, "replacement set");
 
             using var handle = OperatorSettings.OpenStore(OperatorSettings.Load(parse.GetValue(config)), mustExist: true);
             var store = handle.Store;
@@ -44,8 +46,8 @@ public static class ReplacementsCommand
                 throw new AdapterNotFoundException(adapterId);
             var registered = await AdapterInfo.ReadCacheManifestAsync(store, adapterId, cancellation)
                 ?? throw new InvalidDataException($"Adapter '{adapterId}' has no gradient cache in the store ({AdapterStore.CachePrefix(adapterId)}{AdapterStore.CacheIndexFileName} is missing).");
-            if (LocalInputs.CompareParameters(set.Parameters, registered.Parameters) is { } difference)
-                throw new CliFailure($"replacement set '{dir}' does not fit adapter '{adapterId}': {difference}.");
+            if (InputValidation.ParameterDifference(set.Parameters, registered.Parameters) is { } difference)
+                throw new UnlearningException(FailureCodes.InvalidCache, $"Replacement set '{dir}' does not fit adapter '{adapterId}': {difference}.");
 
             var summary = LocalInputs.ScanRows(set, $"replacement set '{dir}'", io, cancellation);
             io.Status($"Valid: {summary.Samples:N0} replacement row(s), P = {summary.Parameters:N0}, {summary.DType}{(summary.Curvature ? " with curvature rows" : "")}");

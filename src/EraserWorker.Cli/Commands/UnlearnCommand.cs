@@ -24,6 +24,7 @@ public static class UnlearnCommand
         var output = new Option<string>("--out") { Description = "Folder for the new adapter (must not exist or be empty).", Required = true };
         var damping = new Option<double?>("--damping") { Description = "Damping δ added to the cache's l2 (default: SPEC §1 rule)." };
         var solver = new Option<string>("--solver") { Description = "auto | direct | cg | llmeraser", DefaultValueFactory = _ => "auto" };
+        solver.AcceptOnlyFromAmong("auto", "direct", "cg", "llmeraser");
         var json = new Option<bool>("--json") { Description = "Print the result as one JSON object." };
         var options = new ComputeCliOptions();
 
@@ -33,30 +34,26 @@ public static class UnlearnCommand
         };
         options.AddTo(command);
 
-        command.SetAction(parse =>
+        command.SetAction((parse, cancellation) =>
         {
-            var cancellation = CancellationToken.None;
             var watch = Stopwatch.StartNew();
-            bool asJson = parse.GetValue(json);
-            return CliErrors.Run(() =>
-            {
-                var ids = ParseIds(parse.GetValue(remove) ?? [], parse.GetValue(removeFile));
-                var job = new OfflineUnlearningJob(
-                    parse.GetValue(adapter)!, parse.GetValue(cache)!, ids, parse.GetValue(replacements),
-                    parse.GetValue(output)!,
-                    options.Solver(parse, SolverOptions.ParseKind(parse.GetValue(solver)!), parse.GetValue(damping)),
-                    options.Compute(parse));
-                var update = OfflineUnlearning.Run(job, new ProgressPrinter(Console.Error), cancellation);
-                var result = new UnlearnResult(job.OutputDirectory, update.Report.Solver, update.Report.Method,
-                    update.Report.Iterations, update.Report.RelativeResidual, update.UpdateNorm, update.Report.Damping,
-                    update.Report.Lambda, update.Report.Seconds, watch.Elapsed.TotalSeconds, update.Edits.Removed,
-                    update.Edits.Replaced, update.Edits.Active, update.Edits.Parameters, ProcessMemory.PeakBytes());
-                if (asJson)
-                    Console.Out.WriteLine(JsonSerializer.Serialize(result, CliJson.Options));
-                else
-                    PrintSummary(result);
-                return 0;
-            });
+            var stdout = parse.InvocationConfiguration.Output;
+            var solverOptions = options.Solver(parse, SolverOptions.ParseKind(parse.GetValue(solver)!), parse.GetValue(damping));
+            var computeOptions = options.Compute(parse);
+            options.Validate(parse, solverOptions, computeOptions);
+            var ids = ParseIds(parse.GetValue(remove) ?? [], parse.GetValue(removeFile));
+            var job = new OfflineUnlearningJob(parse.GetValue(adapter)!, parse.GetValue(cache)!, ids, parse.GetValue(replacements),
+                parse.GetValue(output)!, solverOptions, computeOptions);
+            var update = OfflineUnlearning.Run(job, new ProgressPrinter(parse.InvocationConfiguration.Error), cancellation);
+            var result = new UnlearnResult(job.OutputDirectory, update.Report.Solver, update.Report.Method,
+                update.Report.Iterations, update.Report.RelativeResidual, update.UpdateNorm, update.Report.Damping,
+                update.Report.Lambda, update.Report.Seconds, watch.Elapsed.TotalSeconds, update.Edits.Removed,
+                update.Edits.Replaced, update.Edits.Active, update.Edits.Parameters, ProcessMemory.PeakBytes());
+            if (parse.GetValue(json))
+                stdout.WriteLine(JsonSerializer.Serialize(result, CliJson.Options));
+            else
+                PrintSummary(stdout, result);
+            return Task.FromResult(0);
         });
         return command;
     }
@@ -70,20 +67,21 @@ public static class UnlearnCommand
         {
             if (!File.Exists(file))
                 throw new FileNotFoundException($"The remove file '{file}' does not exist.");
+            // Sample ids are opaque but never empty and never contain line breaks (SPEC §3); blank lines are skipped.
             ids.AddRange(File.ReadLines(file).Select(l => l.TrimEnd('\r')).Where(l => l.Length > 0));
         }
         return ids.Distinct(StringComparer.Ordinal).ToList();
     }
 
-    private static void PrintSummary(UnlearnResult r)
+    private static void PrintSummary(TextWriter stdout, UnlearnResult r)
     {
-        Console.Out.WriteLine($"Wrote {r.Output}");
-        Console.Out.WriteLine($"  edits      {r.Removed} removed, {r.Replaced} replaced; {r.Active:N0} active samples, P = {r.Parameters:N0}");
-        Console.Out.WriteLine($"  solver     {r.Solver} ({r.Method}), {r.Iterations} iteration(s), {r.SolveSeconds:F3} s");
-        Console.Out.WriteLine($"  residual   ‖H'x − b‖/‖b‖ = {r.RelativeResidual:E2}");
-        Console.Out.WriteLine($"  damping    δ = {r.Damping:G4}, λ = l2 + δ = {r.Lambda:G4}");
-        Console.Out.WriteLine($"  update     ‖θ' − θ₀‖ = {r.UpdateNorm:G6}");
-        Console.Out.WriteLine($"  total      {r.Seconds:F2} s, peak memory {r.PeakMemoryBytes / 1048576.0:N0} MiB");
+        stdout.WriteLine($"Wrote {r.Output}");
+        stdout.WriteLine($"  edits      {r.Removed} removed, {r.Replaced} replaced; {r.Active:N0} active samples, P = {r.Parameters:N0}");
+        stdout.WriteLine($"  solver     {r.Solver} ({r.Method}), {r.Iterations} iteration(s), {r.SolveSeconds:F3} s");
+        stdout.WriteLine($"  residual   ‖H'x − b‖/‖b‖ = {r.RelativeResidual:E2}");
+        stdout.WriteLine($"  damping    δ = {r.Damping:G4}, λ = l2 + δ = {r.Lambda:G4}");
+        stdout.WriteLine($"  update     ‖θ' − θ₀‖ = {r.UpdateNorm:G6}");
+        stdout.WriteLine($"  total      {r.Seconds:F2} s, peak memory {r.PeakMemoryBytes / 1048576.0:N0} MiB");
     }
 }
 

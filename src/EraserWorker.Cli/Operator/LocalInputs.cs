@@ -16,80 +16,32 @@ public sealed record CacheSummary(int Samples, long Parameters, int Tensors, str
 /// </summary>
 public static partial class LocalInputs
 {
-    private const int ScanFloats = 4 << 20;
-
     [GeneratedRegex(AdapterStore.LocalFileNamePattern, RegexOptions.CultureInvariant)]
     private static partial Regex StorableName();
 
     /// <summary>
-    /// Opens the adapter (<see cref="PeftAdapter.Open"/>) and the cache (<see cref="GradientCache.Open"/>: format,
-    /// shards, ids, duplicates, row/id counts), checks that the adapter holds every parameter the cache lists with the
-    /// same shape and finite values (<see cref="PeftAdapter.ReadParameters"/>), and reads every cache row once to reject
-    /// non-finite values. Nothing is written.
+    /// The checks <c>eraser unlearn</c> and the worker apply (<see cref="InputValidation"/>): adapter and cache formats, the
+    /// adapter holds every cached parameter with its shape and finite values, and every cache row (gradients and
+    /// curvature) is read once to reject non-finite values. Nothing is written.
     /// </summary>
     public static CacheSummary ValidateRegistration(string adapterDir, string cacheDir, CommandIo io, CancellationToken cancellation)
     {
-        var adapter = PeftAdapter.Open(adapterDir);
-        using var cache = GradientCache.Open(cacheDir);
-        double[] theta;
-        try
-        {
-            theta = adapter.ReadParameters(cache.Parameters);
-        }
-        catch (InvalidDataException e)
-        {
-            throw new CliFailure($"the adapter does not match the gradient cache: {e.Message}", e);
-        }
-        int bad = Array.FindIndex(theta, v => !double.IsFinite(v));
-        if (bad >= 0)
-            throw new CliFailure($"adapter '{adapterDir}': parameter value #{bad} of θ is not finite.");
+        var adapter = InputValidation.OpenAdapter(adapterDir);
+        using var cache = InputValidation.OpenCache(cacheDir);
+        InputValidation.AdapterMatchesCache(adapter, cache);
         return ScanRows(cache, $"gradient cache '{cacheDir}'", io, cancellation);
     }
 
-    /// <summary>Reads every row of <paramref name="cache"/> (gradients and curvature) once: <see cref="GradientCache.ReadRows"/>
-    /// throws on a NaN or ±∞ and names the sample. Progress on standard error at most once a second.</summary>
+    /// <summary>Reads every row of <paramref name="cache"/> (gradients and curvature) once, rejecting NaN or ±∞ with the
+    /// sample's id (<see cref="InputValidation.AllRowsFinite"/>). Progress on standard error at most once a second.</summary>
     public static CacheSummary ScanRows(GradientCache cache, string label, CommandIo io, CancellationToken cancellation)
     {
-        long p = cache.ParameterCount;
-        if (p > Array.MaxLength)
-            throw new CliFailure($"{label}: rows of {p} values are too long to check.");
-        int rowsPerChunk = (int)Math.Max(1, ScanFloats / p);
-        var buffer = new float[Math.Min((long)rowsPerChunk * p, Array.MaxLength)];
-        var progress = new ProgressPrinter(io.Error);
-        string stage = cache.HasCurvature ? "checking rows (gradients + curvature)" : "checking rows";
-        long total = cache.RowCount;
-        foreach (var (first, count) in cache.Chunks(rowsPerChunk))
-        {
-            cancellation.ThrowIfCancellationRequested();
-            cache.ReadRows(CacheMatrix.Gradients, first, count, buffer);
-            if (cache.HasCurvature)
-                cache.ReadRows(CacheMatrix.Curvature, first, count, buffer);
-            progress.Report(new EngineProgress(stage, first + count, total));
-        }
+        InputValidation.AllRowsFinite(cache, label, curvatureToo: true, new ProgressPrinter(io.Error), cancellation);
         return Summarize(cache);
     }
 
     public static CacheSummary Summarize(GradientCache cache) => new(cache.RowCount, cache.ParameterCount, cache.Parameters.Count,
         cache.StorageDType, cache.HasCurvature, cache.L2, cache.Manifest.Shards.Count);
-
-    /// <summary>
-    /// The first difference between a replacement set's parameter list and the registered cache's, or null when they
-    /// are identical (same tensors, same shapes, same order: the rows' columns mean the same θ entries).
-    /// </summary>
-    public static string? CompareParameters(IReadOnlyList<ParameterSpec> set, IReadOnlyList<ParameterSpec> cache)
-    {
-        long pSet = ParameterSpec.TotalCount(set), pCache = ParameterSpec.TotalCount(cache);
-        if (pSet != pCache)
-            return $"the replacement set has P = {pSet} but the adapter's registered gradient cache has P = {pCache}";
-        for (int i = 0; i < Math.Max(set.Count, cache.Count); i++)
-        {
-            var a = i < set.Count ? set[i] : null;
-            var b = i < cache.Count ? cache[i] : null;
-            if (a is null || b is null || !a.Equals(b))
-                return $"the replacement set's parameter #{i} is {a?.ToString() ?? "missing"} but the registered cache's is {b?.ToString() ?? "missing"} (P = {pSet} in both)";
-        }
-        return null;
-    }
 
     /// <summary>
     /// A temporary folder holding exactly the files of an adapter (its config and weights) and of a cache

@@ -86,7 +86,7 @@ public static class OperatorSettings
             }
             catch (OptionsValidationException e)
             {
-                throw new CliFailure("invalid storage configuration: " + string.Join(" ", e.Failures.Select(OperatorRun.Plain)), e);
+                throw new CliFailure("invalid storage configuration: " + string.Join(" ", e.Failures.Select(CliFailures.Plain)), e);
             }
             catch (InvalidOperationException e)
             {

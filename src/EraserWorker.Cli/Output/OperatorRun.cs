@@ -34,30 +34,34 @@ public sealed record CommandIo(TextWriter Out, TextWriter Error)
 /// <summary>
 /// Runs an operator command (<c>adapters</c>, <c>replacements</c>, <c>submit</c>): output goes to the invocation's
 /// <see cref="InvocationConfiguration.Output"/> / <see cref="InvocationConfiguration.Error"/> (the console unless a
-/// caller passes others); any failure becomes exit code 1 and exactly one line <c>eraser: …</c> on standard error.
+/// caller passes others). Failures propagate to <see cref="EraserCommandLine.RunAsync"/> (one line, exit 1).
 /// </summary>
 public static class OperatorRun
 {
-    public static async Task<int> RunAsync(ParseResult parse, CancellationToken cancellation, Func<CommandIo, Task<int>> action)
+    public static Task<int> RunAsync(ParseResult parse, CancellationToken cancellation, Func<CommandIo, Task<int>> action)
     {
-        var io = new CommandIo(parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error);
-        try
+        _ = cancellation;
+        return action(new CommandIo(parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error));
+    }
+}
+
+/// <summary>The operator's view of a failure: one line, <c>eraser: …</c>, with the context that makes it actionable.</summary>
+public static class CliFailures
+{
+    /// <summary>Writes the failure line and returns the exit code (130 when cancelled, else 1).</summary>
+    public static int Report(Exception e, TextWriter error)
+    {
+        if (e is OperationCanceledException && e is not TimeoutException && IsCancellation(e))
         {
-            return await action(io);
-        }
-        catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
-        {
-            io.Error.WriteLine("eraser: cancelled");
+            error.WriteLine("eraser: cancelled");
             return 130;
         }
-        catch (Exception e)
-        {
-            io.Error.WriteLine("eraser: " + OneLine(Describe(e)));
-            return 1;
-        }
+        error.WriteLine("eraser: " + OneLine(Describe(e)));
+        return 1;
     }
 
-    /// <summary>The operator's view of an exception: its message, with the context that makes it actionable.</summary>
+    private static bool IsCancellation(Exception e) => e is OperationCanceledException { CancellationToken.IsCancellationRequested: true };
+
     internal static string Describe(Exception e) => e switch
     {
         CliFailure f => f.Message,
@@ -70,7 +74,7 @@ public static class OperatorRun
         Azure.RequestFailedException r => $"blob storage request failed ({r.Status}{(r.ErrorCode is null ? "" : " " + r.ErrorCode)}): {FirstLine(r.Message)}",
         AggregateException a when a.InnerExceptions.Count > 0 => string.Join("; ", a.InnerExceptions.Select(Describe).Distinct()),
         OperationCanceledException => "timed out: " + e.Message,
-        _ => $"{e.GetType().Name}: {e.Message}",
+        _ => $"internal error ({e.GetType().Name}): {e.Message}",
     };
 
     /// <summary>"DataAnnotation validation failed for 'T' members: 'M' with the error: 'E'." → "E" (the options'
@@ -88,5 +92,6 @@ public static class OperatorRun
         return end < 0 ? message : message[..end];
     }
 
-    internal static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();
+    /// <summary>Line breaks and tabs (System.CommandLine lists choices with tabs) become single spaces.</summary>
+    internal static string OneLine(string message) => System.Text.RegularExpressions.Regex.Replace(message, @"\s+", " ").Trim();
 }

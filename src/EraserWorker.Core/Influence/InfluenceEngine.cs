@@ -1,3 +1,4 @@
+using EraserWorker.Contracts;
 using System.Diagnostics;
 using EraserWorker.Core.Compute;
 using EraserWorker.Core.Formats.Adapters;
@@ -50,9 +51,7 @@ public sealed class InfluenceEngine : IDisposable
         IProgress<EngineProgress>? progress = null, CancellationToken cancellation = default)
     {
         var watch = Stopwatch.StartNew();
-        var theta0 = adapter.ReadParameters(cache.Parameters);
-        if (!theta0.All(double.IsFinite))
-            throw new InvalidDataException($"The adapter in '{adapter.Directory}' has non-finite values in the cache's parameters.");
+        var theta0 = InputValidation.AdapterMatchesCache(adapter, cache);
         var device = ComputeDevice.Resolve(options.Device);
         var rows = CurvatureRows.Load(cache, options, device, progress, cancellation);
         return new InfluenceEngine(theta0, cache, rows, options, watch.Elapsed);
@@ -73,6 +72,8 @@ public sealed class InfluenceEngine : IDisposable
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            if (solver.Problems(name => name) is { Count: > 0 } problems)
+                throw new UnlearningException(FailureCodes.InvalidRequest, "Invalid solver options: " + string.Join(" ", problems));
             var watch = Stopwatch.StartNew();
             using var scope = torch.NewDisposeScope();
             long p = Cache.ParameterCount;
@@ -82,7 +83,7 @@ public sealed class InfluenceEngine : IDisposable
                 return new UnlearningUpdate((double[])Theta0.Clone(),
                     new SolverReport("none", "no-edits", 0, 0, 0, problem.Damping, problem.Lambda), 0, summary);
 
-            double tolerance = solver.Tolerance ?? (_options.Precision == ComputePrecision.Float64 ? 1e-10 : 1e-6);
+            double tolerance = solver.ToleranceFor(_options.Precision);
             var context = new SolveContext(solver, tolerance, _options.MemoryBudgetBytes, progress, cancellation);
             var kind = Choose(solver.Solver, problem);
             ISolver implementation = kind switch
@@ -94,9 +95,6 @@ public sealed class InfluenceEngine : IDisposable
             var outcome = implementation.Solve(problem, context);
             double residual = outcome.RelativeResidual ?? problem.RelativeResidual(outcome.X);
             var delta = outcome.X.cpu().data<double>().ToArray();
-            if (!delta.All(double.IsFinite) || !double.IsFinite(residual))
-                throw new UnlearningException(UnlearningException.NumericalFailure,
-                    $"The {SolverOptions.Name(kind)} solver produced non-finite values.");
             var theta = new double[p];
             double norm = 0;
             for (long i = 0; i < p; i++)
@@ -106,6 +104,8 @@ public sealed class InfluenceEngine : IDisposable
             }
             var report = new SolverReport(SolverOptions.Name(kind), outcome.Method, outcome.Iterations,
                 watch.Elapsed.TotalSeconds, residual, problem.Damping, problem.Lambda);
+            SolveAcceptance.Ensure(report, tolerance, delta.All(double.IsFinite), Math.Sqrt(norm), summary.Removed + summary.Replaced,
+                solver.RequireConvergence);
             return new UnlearningUpdate(theta, report, Math.Sqrt(norm), summary);
         }
     }
@@ -144,7 +144,7 @@ public sealed class InfluenceEngine : IDisposable
             keep[row] = 0;
             var set = ResolveReplacements(replacementSets, key);
             if (!set.TryGetRow(id, out int replacementRow))
-                throw new UnlearningException(UnlearningException.ReplacementMissing,
+                throw new UnlearningException(FailureCodes.ReplacementMissing,
                     $"The replacement set '{key}' has no rows for sample '{id}'.");
             Accumulate(b, Cache.ReadRowDouble(CacheMatrix.Gradients, row), 1);
             Accumulate(b, set.ReadRowDouble(CacheMatrix.Gradients, replacementRow), -1);
@@ -164,7 +164,7 @@ public sealed class InfluenceEngine : IDisposable
 
         double damping = solver.Damping ?? DefaultDamping(keepTensor, replacements);
         if (damping < 0 || !double.IsFinite(damping))
-            throw new UnlearningException(UnlearningException.InvalidRequest, $"Damping must be a finite number ≥ 0 (got {damping}).");
+            throw new UnlearningException(FailureCodes.InvalidRequest, $"Damping must be a finite number ≥ 0 (got {damping}).");
         return new EditedProblem(_rows, keepTensor, replacements, torch.tensor(b, device: device), Cache.L2 + damping, damping);
     }
 
@@ -185,17 +185,14 @@ public sealed class InfluenceEngine : IDisposable
     private int RowOf(string sampleId) =>
         Cache.TryGetRow(sampleId, out int row)
             ? row
-            : throw new UnlearningException(UnlearningException.UnknownSample, $"Sample '{sampleId}' is not in the gradient cache.");
+            : throw new UnlearningException(FailureCodes.UnknownSample, $"Sample '{sampleId}' is not in the gradient cache.");
 
     private GradientCache ResolveReplacements(Func<string, GradientCache>? resolve, string key)
     {
         if (resolve is null)
-            throw new UnlearningException(UnlearningException.ReplacementMissing, $"No replacement set is available for '{key}'.");
+            throw new UnlearningException(FailureCodes.ReplacementMissing, $"No replacement set is available for '{key}'.");
         var set = resolve(key);
-        if (set.ParameterCount != Cache.ParameterCount ||
-            !set.Parameters.Select(q => (q.Name, string.Join(',', q.Shape))).SequenceEqual(Cache.Parameters.Select(q => (q.Name, string.Join(',', q.Shape)))))
-            throw new UnlearningException(UnlearningException.InvalidRequest,
-                $"The replacement set '{key}' lists different parameters than the gradient cache (P = {set.ParameterCount} vs {Cache.ParameterCount}).");
+        InputValidation.ReplacementSetMatchesCache(set, Cache, $"'{key}'");
         return set;
     }
 

@@ -32,18 +32,73 @@ public sealed record LlmEraserOptions
 
 public sealed record SolverOptions
 {
+    /// <summary>Default <see cref="Tolerance"/> when the compute precision is float32: what float32 rows with float64
+    /// residuals and refinement reach on every well-posed system we have measured, with a wide margin.</summary>
+    public const double DefaultFloat32Tolerance = 1e-6;
+
+    /// <summary>Default <see cref="Tolerance"/> in float64.</summary>
+    public const double DefaultFloat64Tolerance = 1e-10;
+
     public SolverKind Solver { get; init; } = SolverKind.Auto;
 
     /// <summary>δ added to the cache's l2. Null: 0 when l2 &gt; 0, else 0.1 × Σᵢ‖cᵢ‖²/P (SPEC §1).</summary>
     public double? Damping { get; init; }
 
-    /// <summary>Target relative residual ‖H'x − b‖/‖b‖ of <c>cg</c> and of <c>direct</c>'s refinement.
-    /// Null: 1e-10 in float64, 1e-6 in float32.</summary>
+    /// <summary>The relative residual ‖H'x − b‖/‖b‖ a solve must reach to be accepted (and the target of cg and of
+    /// direct's refinement). Null: <see cref="DefaultFloat32Tolerance"/> or <see cref="DefaultFloat64Tolerance"/>.</summary>
     public double? Tolerance { get; init; }
 
+    /// <summary>Iteration cap of cg (over all its refinement rounds).</summary>
     public int MaxIterations { get; init; } = 2000;
 
+    /// <summary>
+    /// When true (always, for the worker and the CLI), a solve whose true relative residual is above the tolerance is
+    /// refused with <c>NumericalFailure</c>: an update that is not the solution must never be reported as an erasure.
+    /// Only the evaluation sets it false, to measure how far the paper's reference solver gets.
+    /// </summary>
+    public bool RequireConvergence { get; init; } = true;
+
     public LlmEraserOptions LlmEraser { get; init; } = new();
+
+    public double ToleranceFor(Compute.ComputePrecision precision) =>
+        Tolerance ?? (precision == Compute.ComputePrecision.Float64 ? DefaultFloat64Tolerance : DefaultFloat32Tolerance);
+
+    /// <summary>
+    /// Every out-of-range setting, each as one sentence that names the setting as the caller calls it
+    /// (<paramref name="nameOf"/> maps <c>nameof(MaxIterations)</c>, <c>"LlmEraser.LearningRate"</c>, … to e.g.
+    /// <c>--max-iterations</c> or <c>Eraser:Worker:MaxIterations</c>). Empty when the options are usable.
+    /// </summary>
+    public IReadOnlyList<string> Problems(Func<string, string> nameOf)
+    {
+        var problems = new List<string>();
+        void Require(bool ok, string setting, string rule, object? value)
+        {
+            if (!ok)
+                problems.Add($"{nameOf(setting)} must be {rule} (got {Format(value)}).");
+        }
+        Require(MaxIterations >= 1, nameof(MaxIterations), "at least 1", MaxIterations);
+        if (Tolerance is double tolerance)
+            Require(tolerance > 0 && tolerance < 1, nameof(Tolerance), "in (0, 1)", tolerance);
+        if (Damping is double damping)
+            Require(double.IsFinite(damping) && damping >= 0, nameof(Damping), "a finite number ≥ 0", damping);
+        if (Solver == SolverKind.LlmEraser)
+        {
+            var o = LlmEraser;
+            Require(double.IsFinite(o.LearningRate) && o.LearningRate > 0, "LlmEraser.LearningRate", "a finite number > 0", o.LearningRate);
+            Require(double.IsFinite(o.InitialValue), "LlmEraser.InitialValue", "finite", o.InitialValue);
+            Require(double.IsFinite(o.WeightDecay) && o.WeightDecay >= 0, "LlmEraser.WeightDecay", "a finite number ≥ 0", o.WeightDecay);
+            Require(o.Iterations >= 1, "LlmEraser.Iterations", "at least 1", o.Iterations);
+            Require(o.BatchSize >= 1, "LlmEraser.BatchSize", "at least 1", o.BatchSize);
+        }
+        return problems;
+    }
+
+    private static string Format(object? value) => value switch
+    {
+        double d => d.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
+        null => "nothing",
+        _ => Convert.ToString(value, System.Globalization.CultureInfo.InvariantCulture) ?? "",
+    };
 
     public static SolverKind ParseKind(string value) => value.Trim().ToLowerInvariant() switch
     {
@@ -78,4 +133,6 @@ public sealed record EditSummary(int Removed, int Replaced, int Active, long Par
 
 public sealed record UnlearningUpdate(double[] Theta, SolverReport Report, double UpdateNorm, EditSummary Edits);
 
-public sealed record EngineProgress(string Stage, long Done, long Total);
+/// <summary>Progress of a long step. <paramref name="Done"/> of <paramref name="Total"/> units of work: rows, columns, or
+/// — for the iterative stages — iterations of the cap, with the current true or recursive relative residual.</summary>
+public sealed record EngineProgress(string Stage, long Done, long Total, double? Residual = null);

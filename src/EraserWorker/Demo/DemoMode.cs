@@ -44,6 +44,7 @@ internal sealed class DemoPublisher(AdapterStore store, IBus bus, Microsoft.Exte
     ILogger<DemoPublisher> logger) : BackgroundService
 {
     private const int Samples = 400;
+    private const string CorrectionsName = "corrections-1";
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -62,11 +63,22 @@ internal sealed class DemoPublisher(AdapterStore store, IBus bus, Microsoft.Exte
         if (Directory.Exists(corrections))
             Directory.Delete(corrections, recursive: true);
         WriteCorrections(corrections);
-        string replacementsUri = await store.UploadReplacementsAsync(adapterId, "corrections-1", corrections, stoppingToken);
+        string replacementsUri;
+        try
+        {
+            replacementsUri = await store.UploadReplacementsAsync(adapterId, CorrectionsName, corrections, stoppingToken);
+        }
+        catch (ReplacementsExistException)
+        {
+            // An earlier demo run uploaded it; the corrections are deterministic, so it holds the same rows.
+            replacementsUri = RequestValidation.FormatReplacementsUri(adapterId, CorrectionsName);
+        }
         logger.LogInformation("Demo: publishing a request every {Interval}s; metrics at http://localhost:{Port}/metrics; versions under the store's adapters/{AdapterId}/versions",
             o.Interval.TotalSeconds, http.Value.Port, adapterId);
 
-        var random = new Random(42);
+        // Seeded by the head's version, so a later run picks other samples than the one before it (re-removing a sample
+        // is a no-op: its version would equal its parent).
+        var random = new Random(42 + ((await store.GetHeadAsync(adapterId, stoppingToken))?.Version ?? 0));
         for (int i = 1; o.Requests == 0 || i <= o.Requests; i++)
         {
             await Task.Delay(o.Interval, stoppingToken);

@@ -19,8 +19,12 @@ public static class EraserWorkerExtensions
         var services = builder.Services;
         var configuration = builder.Configuration;
 
-        services.AddOptions<WorkerOptions>().Bind(configuration.GetSection(WorkerOptions.SectionName)).ValidateDataAnnotations().ValidateOnStart();
-        services.AddOptions<ComputeOptions>().Bind(configuration.GetSection(ComputeOptions.SectionName)).ValidateDataAnnotations().ValidateOnStart();
+        // The solver and compute settings are checked by the same rules as the CLI's options (SolverOptions.Problems,
+        // ComputeOptions.Problems), named by their configuration keys.
+        services.AddOptions<WorkerOptions>().Bind(configuration.GetSection(WorkerOptions.SectionName)).ValidateDataAnnotations()
+            .ValidateProblems(o => o.SolverOptions().Problems(key => $"{WorkerOptions.SectionName}:{key}")).ValidateOnStart();
+        services.AddOptions<ComputeOptions>().Bind(configuration.GetSection(ComputeOptions.SectionName))
+            .ValidateProblems(o => o.Problems(key => $"{ComputeOptions.SectionName}:{key}")).ValidateOnStart();
         services.AddOptions<HttpOptions>().Bind(configuration.GetSection(HttpOptions.SectionName)).ValidateDataAnnotations().ValidateOnStart();
 
         var http = configuration.GetSection(HttpOptions.SectionName).Get<HttpOptions>() ?? new HttpOptions();
@@ -63,6 +67,27 @@ public static class EraserWorkerExtensions
             },
         });
         return app;
+    }
+}
+
+/// <summary>Options validation by a rule set that lists every problem as a sentence (shared with the CLI).</summary>
+internal static class OptionsProblems
+{
+    public static OptionsBuilder<T> ValidateProblems<T>(this OptionsBuilder<T> builder, Func<T, IReadOnlyList<string>> problems) where T : class
+    {
+        builder.Services.AddSingleton<IValidateOptions<T>>(new Validator<T>(builder.Name, problems));
+        return builder;
+    }
+
+    private sealed class Validator<T>(string? name, Func<T, IReadOnlyList<string>> problems) : IValidateOptions<T> where T : class
+    {
+        public ValidateOptionsResult Validate(string? optionsName, T options)
+        {
+            if (name is not null && name != optionsName)
+                return ValidateOptionsResult.Skip;
+            var found = problems(options);
+            return found.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(found);
+        }
     }
 }
 

@@ -72,6 +72,19 @@ public sealed class WorkerOptions
     /// <summary>Attempts to publish a version when other replicas keep winning the head.</summary>
     [Range(1, 1000)] public int MaxHeadAttempts { get; set; } = 50;
 
+    /// <summary>Solver of every update (SPEC §1): <c>Auto</c>, <c>Direct</c>, <c>Cg</c> or <c>LlmEraser</c>.</summary>
     public SolverKind Solver { get; set; } = SolverKind.Auto;
+
+    /// <summary>Damping δ added to the cache's l2; unset: the SPEC §1 rule.</summary>
     public double? Damping { get; set; }
+
+    /// <summary>Relative residual a solve must reach to become a version, in (0, 1); unset: 1e-6 (Float32) or 1e-10
+    /// (Float64). A solve above it publishes <c>NumericalFailure</c> for its requests and writes no version.</summary>
+    public double? Tolerance { get; set; }
+
+    /// <summary>Iteration cap of the cg solver (≥ 1).</summary>
+    public int MaxIterations { get; set; } = new SolverOptions().MaxIterations;
+
+    /// <summary>The solver settings of every update.</summary>
+    public SolverOptions SolverOptions() => new() { Solver = Solver, Damping = Damping, Tolerance = Tolerance, MaxIterations = MaxIterations };
 }

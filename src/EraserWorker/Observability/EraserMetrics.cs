@@ -26,6 +26,7 @@ public sealed class EraserMetrics
     private const string SolveDurationName = "eraser_solve_duration_seconds";
     private const string SolverIterationsName = "eraser_solver_iterations";
     private const string SolverResidualName = "eraser_solver_relative_residual";
+    private const string SolvesRejectedName = "eraser_solves_rejected_total";
     private const string RequestLatencyName = "eraser_request_latency_seconds";
     private const string VersionsPublishedName = "eraser_versions_published_total";
     private const string HeadConflictsName = "eraser_head_conflicts_total";
@@ -45,6 +46,7 @@ public sealed class EraserMetrics
         SolveDurationName,
         SolverIterationsName,
         SolverResidualName,
+        SolvesRejectedName,
         RequestLatencyName,
         VersionsPublishedName,
         HeadConflictsName,
@@ -59,8 +61,7 @@ public sealed class EraserMetrics
     public static IReadOnlyList<string> Tasks { get; } = ["remove", "modifyQuery", "correctResponse"];
 
     /// <summary>Failure codes fixed by SPEC §3; their series are created at zero so that <c>rate()</c> sees the first failure.</summary>
-    public static IReadOnlyList<string> KnownFailureCodes { get; } =
-        ["InvalidRequest", "UnknownAdapter", "UnknownSample", "ReplacementMissing", "NumericalFailure"];
+    public static IReadOnlyList<string> KnownFailureCodes => EraserWorker.Contracts.FailureCodes.All;
 
     /// <summary>Values of the <c>direction</c> label of <c>eraser_blob_bytes_total</c>.</summary>
     public static IReadOnlyList<string> BlobDirections { get; } = ["read", "write"];
@@ -121,6 +122,10 @@ public sealed class EraserMetrics
         SolverRelativeResidual = factory.CreateHistogram(SolverResidualName,
             "True relative residual ||H'x - b|| / ||b|| of each solve, by solver.",
             new HistogramConfiguration { LabelNames = ["solver"], Buckets = ResidualBuckets });
+        SolvesRejected = factory.CreateCounter(SolvesRejectedName,
+            "Solves refused because they did not meet their tolerance, were not finite or were zero for a non-empty edit set; " +
+            "no version was written and their requests failed with NumericalFailure. By solver.",
+            new CounterConfiguration { LabelNames = ["solver"] });
 
         RequestLatency = factory.CreateHistogram(RequestLatencyName,
             "Time from a request's publication to the publication of its completion, in seconds.",
@@ -187,6 +192,9 @@ public sealed class EraserMetrics
     /// <summary><c>eraser_solver_relative_residual{solver}</c>.</summary>
     public Histogram SolverRelativeResidual { get; }
 
+    /// <summary><c>eraser_solves_rejected_total{solver}</c>.</summary>
+    public Counter SolvesRejected { get; }
+
     /// <summary><c>eraser_request_latency_seconds</c>.</summary>
     public Histogram RequestLatency { get; }
 
@@ -239,6 +247,9 @@ public sealed class EraserMetrics
             BatchSize.Observe(requests);
         }
     }
+
+    /// <summary>Counts a solve refused by the acceptance rule (no version written).</summary>
+    public void SolveRejected(string? solver) => SolvesRejected.WithLabels(SolverLabel(solver)).Inc();
 
     /// <summary>Records one solve: its time, iterations and true relative residual. Non-finite or negative
     /// values are skipped (a NaN would poison the histogram's sum for the life of the process).</summary>

@@ -109,7 +109,7 @@ public sealed class AdapterUnlearningService(
         // Sets of requests applied in earlier versions are replayed too; open those this process has not seen.
         await ReplayedReplacementSets.EnsureLoadedAsync(store, warm, edits, cancellation);
 
-        var solverOptions = new SolverOptions { Solver = options.Value.Solver, Damping = options.Value.Damping };
+        var solverOptions = options.Value.SolverOptions();
         UnlearningUpdate update;
         try
         {
@@ -118,6 +118,8 @@ public sealed class AdapterUnlearningService(
         catch (Exception e) when (SolveFailureCode(e) is { } code)
         {
             logger.LogError(e, "Solve failed for {AdapterId}: {Code}", adapterId, code);
+            if (e is UnlearningException { Report: { } rejected })
+                metrics.SolveRejected(rejected.Solver);
             // A bad request fails alone (SPEC §3): find the requests that fail on their own, solve again without them.
             List<(UnlearningRequested Request, DateTimeOffset? SentAt)> alone =
                 accepted.Count == 1 ? [] : Isolate(warm, current.EditSet, accepted, solverOptions, failed, cancellation);
@@ -286,14 +288,10 @@ public sealed class AdapterUnlearningService(
     private static EditSet Apply(EditSet edits, UnlearningRequested request) =>
         request.Task == UnlearningTasks.Remove ? edits.Remove(request.SampleIds) : edits.Replace(request.SampleIds, request.ReplacementsUri!);
 
-    /// <summary>The failure code of a solve that cannot succeed for these edits: the solver's own refusal, or unusable
-    /// rows (non-finite or unreadable cache or replacement data, SPEC §2); null for anything else.</summary>
-    private static string? SolveFailureCode(Exception e) => e switch
-    {
-        UnlearningException u => u.Code,
-        GradientCacheException or InvalidDataException => FailureCodes.InvalidCache,
-        _ => null,
-    };
+    /// <summary>The failure code of a solve that cannot succeed for these edits: the solver's own refusal (including a solve
+    /// that did not meet its tolerance), or unusable rows (non-finite or unreadable cache or replacement data, SPEC §2);
+    /// null for anything else.</summary>
+    private static string? SolveFailureCode(Exception e) => InputValidation.CodeOf(e);
 
     /// <summary>Another writer finished version <paramref name="version"/> on top of our head but has not moved the head
     /// (it may have crashed): move it for them, so a dead writer never blocks the adapter.</summary>
@@ -304,69 +302,77 @@ public sealed class AdapterUnlearningService(
             await store.TryAdvanceHeadAsync(adapterId, version, head.ETag, cancellation);
     }
 
+    /// <summary>The request's samples and replacement set checked as <c>eraser unlearn</c> checks them
+    /// (<see cref="InputValidation"/>): known ids, a set of the cache's parameter layout with rows for every id, and
+    /// finite values in the rows the request brings in — read now, while the request can still fail alone.</summary>
     private async Task<UnlearningFailed?> CheckAsync(WarmAdapter warm, UnlearningRequested request, CancellationToken cancellation)
     {
         var cache = warm.Engine.Cache;
-        var unknown = request.SampleIds.Where(id => !cache.TryGetRow(id, out _)).Take(5).ToList();
-        if (unknown.Count > 0)
-            return Failure(request, FailureCodes.UnknownSample, $"Not in the adapter's gradient cache: {string.Join(", ", unknown.Select(Quote))}.");
-        if (request.Task == UnlearningTasks.Remove)
-            return null;
-        if (string.IsNullOrEmpty(request.ReplacementsUri))
+        if (request.Task != UnlearningTasks.Remove && string.IsNullOrEmpty(request.ReplacementsUri))
             return Failure(request, FailureCodes.InvalidRequest, $"Task '{request.Task}' needs a replacementsUri.");
-
-        if (!warm.TryGetReplacements(request.ReplacementsUri, out var set))
-        {
-            var directory = Path.Combine(warm.Directory, "replacements", Guid.NewGuid().ToString("N"));
-            try
-            {
-                await store.DownloadReplacementsAsync(warm.AdapterId, request.ReplacementsUri, directory, cancellation);
-                set = GradientCache.Open(directory);
-            }
-            catch (ReplacementsNotFoundException)
-            {
-                TryDelete(directory);
-                return Failure(request, FailureCodes.ReplacementMissing, $"No replacement set at '{request.ReplacementsUri}'.");
-            }
-            catch (ArgumentException e)
-            {
-                TryDelete(directory);
-                return Failure(request, FailureCodes.InvalidRequest, $"Replacement set '{request.ReplacementsUri}' cannot be used: {e.Message}");
-            }
-            catch (Exception e) when (e is InvalidDataException or GradientCacheException or FileNotFoundException)
-            {
-                TryDelete(directory);
-                return Failure(request, FailureCodes.InvalidCache, $"Replacement set '{request.ReplacementsUri}' is invalid: {e.Message}");
-            }
-            if (set.ParameterCount != cache.ParameterCount ||
-                !set.Parameters.Select(q => (q.Name, string.Join(',', q.Shape))).SequenceEqual(cache.Parameters.Select(q => (q.Name, string.Join(',', q.Shape)))))
-            {
-                set.Dispose();
-                TryDelete(directory);
-                return Failure(request, FailureCodes.InvalidCache,
-                    $"Replacement set '{request.ReplacementsUri}' lists other parameters than the adapter's cache (P = {set.ParameterCount} vs {cache.ParameterCount}).");
-            }
-            warm.AddReplacements(request.ReplacementsUri, set);
-        }
-        var missing = request.SampleIds.Where(id => !set.TryGetRow(id, out _)).Take(5).ToList();
-        if (missing.Count > 0)
-            return Failure(request, FailureCodes.ReplacementMissing, $"Replacement set '{request.ReplacementsUri}' has no rows for: {string.Join(", ", missing.Select(Quote))}.");
-        // SPEC §2: non-finite values are refused before anything is written. Rows are checked when they are read, so
-        // read the rows this request brings in now, while it can still fail alone.
         try
         {
-            foreach (var id in request.SampleIds)
+            if (request.Task != UnlearningTasks.Remove)
             {
-                set.TryGetRow(id, out int row);
-                set.ReadRowDouble(CacheMatrix.Gradients, row);
-                set.ReadRowDouble(CacheMatrix.Curvature, row);
+                string label = $"'{request.ReplacementsUri}'";
+                var set = await OpenReplacementsAsync(warm, request.ReplacementsUri!, cancellation);
+                if (set is null)
+                    return Failure(request, FailureCodes.ReplacementMissing, $"No replacement set at {label}.");
+                InputValidation.SamplesKnown(request.SampleIds, cache);
+                InputValidation.ReplacementRowsPresent(request.SampleIds, set, label);
+                InputValidation.RowsFinite(set, request.SampleIds, $"Replacement set {label}");
+            }
+            else
+            {
+                InputValidation.SamplesKnown(request.SampleIds, cache);
             }
         }
-        catch (Exception e) when (e is GradientCacheException or InvalidDataException)
+        catch (UnlearningException e)
         {
-            return Failure(request, FailureCodes.InvalidCache, $"Replacement set '{request.ReplacementsUri}' is invalid: {e.Message}");
+            return Failure(request, e.Code, e.Message);
         }
         return null;
+    }
+
+    /// <summary>The request's replacement set, downloaded and opened once per warm adapter and checked against the cache's
+    /// parameter layout (<c>InvalidCache</c> otherwise); null when the store has no set at that URI.</summary>
+    private async Task<GradientCache?> OpenReplacementsAsync(WarmAdapter warm, string uri, CancellationToken cancellation)
+    {
+        if (warm.TryGetReplacements(uri, out var set))
+            return set;
+        var directory = Path.Combine(warm.Directory, "replacements", Guid.NewGuid().ToString("N"));
+        try
+        {
+            await store.DownloadReplacementsAsync(warm.AdapterId, uri, directory, cancellation);
+            set = InputValidation.OpenCache(directory, $"replacement set '{uri}'");
+        }
+        catch (ReplacementsNotFoundException)
+        {
+            TryDelete(directory);
+            return null;
+        }
+        catch (ArgumentException e)
+        {
+            TryDelete(directory);
+            throw new UnlearningException(FailureCodes.InvalidRequest, $"Replacement set '{uri}' cannot be used: {e.Message}", e);
+        }
+        catch (UnlearningException)
+        {
+            TryDelete(directory);
+            throw;
+        }
+        try
+        {
+            InputValidation.ReplacementSetMatchesCache(set, warm.Engine.Cache, $"'{uri}'");
+        }
+        catch
+        {
+            set.Dispose();
+            TryDelete(directory);
+            throw;
+        }
+        warm.AddReplacements(uri, set);
+        return set;
     }
 
     private static void TryDelete(string directory)

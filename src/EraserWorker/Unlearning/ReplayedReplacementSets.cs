@@ -1,3 +1,4 @@
+using EraserWorker.Contracts;
 using EraserWorker.Core.Formats.GradientCaches;
 using EraserWorker.Core.Influence;
 using EraserWorker.Storage;
@@ -32,21 +33,24 @@ public static class ReplayedReplacementSets
             catch (ReplacementsNotFoundException e)
             {
                 TryDelete(directory);
-                throw new UnlearningException(UnlearningException.ReplacementMissing,
+                throw new UnlearningException(FailureCodes.ReplacementMissing,
                     $"Replacement set '{uri}', applied in an earlier version of '{warm.AdapterId}', is no longer in the store; later versions cannot be computed.", e);
             }
             catch (Exception e) when (e is ArgumentException or InvalidDataException or GradientCacheException or FileNotFoundException)
             {
                 TryDelete(directory);
-                throw new UnlearningException(Contracts.FailureCodes.InvalidCache,
+                throw new UnlearningException(FailureCodes.InvalidCache,
                     $"Replacement set '{uri}', applied in an earlier version of '{warm.AdapterId}', cannot be used: {e.Message}", e);
             }
-            if (!set.Parameters.SequenceEqual(warm.Engine.Cache.Parameters))
+            try
+            {
+                InputValidation.ReplacementSetMatchesCache(set, warm.Engine.Cache, $"'{uri}', applied in an earlier version of '{warm.AdapterId}',");
+            }
+            catch
             {
                 set.Dispose();
                 TryDelete(directory);
-                throw new UnlearningException(Contracts.FailureCodes.InvalidCache,
-                    $"Replacement set '{uri}', applied in an earlier version of '{warm.AdapterId}', lists other parameters than the adapter's cache.");
+                throw;
             }
             warm.AddReplacements(uri, set);
         }

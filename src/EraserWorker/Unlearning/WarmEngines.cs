@@ -1,3 +1,4 @@
+using EraserWorker.Contracts;
 using System.Diagnostics;
 using EraserWorker.Core.Compute;
 using EraserWorker.Core.Formats.Adapters;
@@ -30,7 +31,7 @@ public sealed class WarmAdapter(string adapterId, PeftAdapter baseAdapter, Influ
     public GradientCache Replacements(string uri) =>
         _replacements.TryGetValue(uri, out var set)
             ? set
-            : throw new UnlearningException(UnlearningException.ReplacementMissing, $"Replacement set '{uri}' is not loaded.");
+            : throw new UnlearningException(FailureCodes.ReplacementMissing, $"Replacement set '{uri}' is not loaded.");
 
     public void Dispose()
     {

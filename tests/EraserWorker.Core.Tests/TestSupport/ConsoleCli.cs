@@ -14,7 +14,7 @@ public static class ConsoleCli
         Console.SetError(e);
         try
         {
-            int exit = EraserCommandLine.Build().Parse(args).Invoke();
+            int exit = EraserCommandLine.Run(args, new System.CommandLine.InvocationConfiguration { Output = o, Error = e });
             return (exit, o.ToString(), e.ToString());
         }
         finally

@@ -31,7 +31,7 @@ public sealed record CliResult(int Exit, string Out, string Err)
 }
 
 /// <summary>
-/// Runs <c>eraser</c> in-process (<c>EraserCommandLine.Build().Parse(args).Invoke(…)</c>) with its standard output
+/// Runs <c>eraser</c> in-process (<c>EraserCommandLine.Run(args, …)</c>, what Program.cs calls) with its standard output
 /// and error captured through System.CommandLine's <see cref="InvocationConfiguration"/> (no global console
 /// redirection, so tests of other collections that log to the console cannot interfere), or as a child process
 /// (<c>dotnet eraser.dll</c>, see <see cref="EraserDll"/>) when environment variables are under test.
@@ -41,7 +41,7 @@ public static class CliHarness
     public static CliResult Run(params string[] args)
     {
         var (stdout, stderr) = (new StringWriter(), new StringWriter());
-        int exit = EraserCommandLine.Build().Parse(args).Invoke(new InvocationConfiguration { Output = stdout, Error = stderr });
+        int exit = EraserCommandLine.Run(args, new InvocationConfiguration { Output = stdout, Error = stderr });
         return new CliResult(exit, stdout.ToString(), stderr.ToString());
     }
 

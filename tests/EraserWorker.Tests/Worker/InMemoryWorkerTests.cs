@@ -156,6 +156,54 @@ public sealed class InMemoryWorkerTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public async Task An_adapter_whose_solve_does_not_converge_fails_alone_and_the_other_adapter_in_the_batch_completes()
+    {
+        // The worker runs cg with at most 40 iterations: enough for the well-conditioned adapter (P = 20), far too few for
+        // the ill-conditioned one (P = 80, l2 = 1/1024: it needs ~70). Its requests must fail with NumericalFailure and
+        // write no version; the other adapter's request, in the same batch, completes exactly.
+        const string good = "tenant-a/converges", bad = "tenant-b/ill-conditioned";
+        var easy = new RidgeOracle(seed: 31);
+        var hard = new RidgeOracle(samples: 60, rank: 4, inFeatures: 12, outFeatures: 8, seed: 3, l2: 1.0 / 1024);
+        foreach (var (id, ridge) in new[] { (good, easy), (bad, hard) })
+        {
+            var (adapter, cache) = ridge.WriteFiles(_temp.Sub("source-" + id.Replace('/', '-')));
+            await TestStore().RegisterAsync(id, adapter, cache);
+        }
+        await using var app = await StartHostAsync(batchTimeLimit: TimeSpan.FromSeconds(1), settings: new Dictionary<string, string?>
+        {
+            ["Eraser:Worker:Solver"] = "Cg",
+            ["Eraser:Worker:MaxIterations"] = "40",
+        });
+        var harness = app.Services.GetRequiredService<ITestHarness>();
+        var rejected = app.Services.GetRequiredService<EraserWorker.Observability.EraserMetrics>().SolvesRejected.WithLabels("cg");
+        double rejectedBefore = rejected.Value;
+
+        await harness.Bus.Publish(new UnlearningRequested("hard-1", bad, UnlearningTasks.Remove, [hard.Ids[1]]));
+        await harness.Bus.Publish(new UnlearningRequested("easy-1", good, UnlearningTasks.Remove, [easy.Ids[2], easy.Ids[5]]));
+        await harness.Bus.Publish(new UnlearningRequested("hard-2", bad, UnlearningTasks.Remove, [hard.Ids[7]]));
+
+        foreach (var id in new[] { "hard-1", "hard-2" })
+        {
+            var failure = (await WaitPublishedAsync<UnlearningFailed>(harness, f => f.RequestId == id, 1, $"UnlearningFailed of {id}")).Single();
+            Assert.Equal(FailureCodes.NumericalFailure, failure.Code);
+            Assert.Contains("above the tolerance 1E-06", failure.Message);
+        }
+        var completed = (await WaitCompletedAsync(harness, "easy-1")).Single();
+        Assert.Equal(1, completed.Version);
+        Assert.True(completed.Solver.RelativeResidual <= 1e-6);
+        AssertNoFaults(harness);
+
+        var store = TestStore();
+        Assert.Equal(new[] { 0 }, await store.ListVersionsAsync(bad));
+        Assert.Equal(0, (await store.GetHeadAsync(bad))!.Version);
+        string dir = Path.Combine(_temp.Path, "easy-v1");
+        await store.DownloadVersionAsync(good, 1, dir);
+        easy.AssertEqualsRetraining(WorkerTestBed.ModelFile(dir), easy.Retrain([easy.Ids[2], easy.Ids[5]]), "version 1 of the converging adapter");
+        Assert.True(rejected.Value >= rejectedBefore + 1, "eraser_solves_rejected_total{solver=\"cg\"} counts the refused solve");
+        Assert.DoesNotContain(harness.Published.Select<AdapterVersionPublished>(Snapshot), v => v.Context.Message.AdapterId == bad);
+    }
+
+    [Fact]
     public async Task Duplicates_in_one_batch_and_after_completion_are_answered_from_the_history_never_re_applied()
     {
         var ridge = new RidgeOracle(seed: 22);

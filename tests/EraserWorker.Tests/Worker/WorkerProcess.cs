@@ -86,7 +86,8 @@ public sealed class WorkerProcess : IAsyncDisposable
     /// <summary>Starts <c>dotnet EraserWorker.dll</c> with <paramref name="environment"/> added to this process's
     /// environment (any inherited <c>Eraser__*</c> variable is removed first) and <c>Eraser__Http__Port</c> set to a
     /// free port.</summary>
-    public static WorkerProcess Start(string name, IReadOnlyDictionary<string, string> environment, ITestOutputHelper? log = null)
+    public static WorkerProcess Start(string name, IReadOnlyDictionary<string, string> environment, ITestOutputHelper? log = null,
+        IReadOnlyList<string>? arguments = null)
     {
         string assembly = WorkerAssembly;
         int port = FreePort();
@@ -101,6 +102,8 @@ public sealed class WorkerProcess : IAsyncDisposable
             StandardErrorEncoding = Encoding.UTF8,
         };
         start.ArgumentList.Add(assembly);
+        foreach (var argument in arguments ?? [])
+            start.ArgumentList.Add(argument);
         foreach (var key in start.Environment.Keys.Where(k => k.StartsWith("Eraser__", StringComparison.OrdinalIgnoreCase)).ToList())
             start.Environment.Remove(key);
         start.Environment["DOTNET_ENVIRONMENT"] = "Production";
@@ -171,6 +174,34 @@ public sealed class WorkerProcess : IAsyncDisposable
         }
         Assert.Fail($"{Name}: /health/ready did not answer 200 within {limit.TotalSeconds:F0} s (last: {(last is null ? "no answer" : ((int)last).ToString(System.Globalization.CultureInfo.InvariantCulture))}).\n{Tail()}");
     }
+
+    /// <summary>Asks the process to stop as a container runtime or systemd does (SIGTERM) and returns its exit code;
+    /// fails if it has not exited within <paramref name="timeout"/> (default 30 s).</summary>
+    public async Task<int> StopAsync(TimeSpan? timeout = null)
+    {
+        if (!HasExited)
+            _ = SendSignal(_process.Id, 15);
+        return await WaitForExitAsync(timeout);
+    }
+
+    /// <summary>Waits for the process to exit by itself and returns its exit code; fails after <paramref name="timeout"/>.</summary>
+    public async Task<int> WaitForExitAsync(TimeSpan? timeout = null)
+    {
+        var limit = timeout ?? TimeSpan.FromSeconds(30);
+        using var wait = new CancellationTokenSource(limit);
+        try
+        {
+            await _process.WaitForExitAsync(wait.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            Assert.Fail($"{Name} did not exit within {limit.TotalSeconds:F0} s.\n{Tail()}");
+        }
+        return _process.ExitCode;
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int SendSignal(int pid, int signal);
 
     /// <summary>Kills the process (tree) now.</summary>
     public async Task KillAsync()

@@ -198,7 +198,7 @@ public sealed class PeftAdapter
                 System.IO.Directory.Delete(target);
             System.IO.Directory.Move(temporary, target);
         }
-        catch
+        catch (Exception e)
         {
             try
             {
@@ -207,7 +207,42 @@ public sealed class PeftAdapter
             catch (Exception cleanup) when (cleanup is IOException or UnauthorizedAccessException)
             {
             }
+            // The user names the output folder; the staging folder beside it is ours and must not appear in messages.
+            if (e is IOException or UnauthorizedAccessException && e.Message.Contains(temporary, StringComparison.Ordinal))
+                throw new IOException($"Could not write the adapter to '{outputDirectory}' (nothing was written): {e.Message.Replace(temporary, target, StringComparison.Ordinal)}", e);
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Checks, before any work, that <see cref="WriteUpdated"/> can create <paramref name="outputDirectory"/>: it is not a
+    /// file, not a non-empty folder, and the nearest existing folder on its path accepts new entries (probed by creating and
+    /// removing one). Messages name the user's path, never the probe.
+    /// </summary>
+    public static void CheckWritable(string outputDirectory)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(outputDirectory);
+        string target = Path.GetFullPath(outputDirectory.TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar));
+        CheckTarget(target, outputDirectory);
+        string? existing = Path.GetDirectoryName(target);
+        while (existing is not null && !System.IO.Directory.Exists(existing))
+        {
+            if (File.Exists(existing))
+                throw new IOException($"Cannot write the adapter to '{outputDirectory}': '{existing}' is a file, not a folder.");
+            existing = Path.GetDirectoryName(existing);
+        }
+        if (existing is null)
+            throw new IOException($"Cannot write the adapter to '{outputDirectory}': no existing folder on its path.");
+        string probe = Path.Combine(existing, $".eraser-probe-{Guid.NewGuid():N}");
+        try
+        {
+            System.IO.Directory.CreateDirectory(probe);
+            System.IO.Directory.Delete(probe);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            string reason = e is UnauthorizedAccessException ? "permission denied" : e.GetType().Name;
+            throw new IOException($"Cannot write the adapter to '{outputDirectory}': folders cannot be created in '{existing}' ({reason}).", e);
         }
     }
 

@@ -1,3 +1,4 @@
+using EraserWorker.Contracts;
 using EraserWorker.Core.Compute;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -34,7 +35,7 @@ internal sealed class ConjugateGradientSolver : ISolver
             relative = null; // x changes below
             // Each round asks for what float32 products can deliver, relative to its own right-hand side.
             double innerTolerance = Math.Max(context.Tolerance * bNorm / rNorm, problem.Rows.DType == ScalarType.Float64 ? 0 : 1e-5);
-            var (d, used) = Pcg(problem, residual, inverseDiagonal, innerTolerance, context.Options.MaxIterations - iterations, context);
+            var (d, used) = Pcg(problem, residual, inverseDiagonal, innerTolerance, iterations, context, rNorm / bNorm);
             x.AddInPlace(d);
             iterations += used;
             if (problem.Rows.DType == ScalarType.Float64)
@@ -43,9 +44,13 @@ internal sealed class ConjugateGradientSolver : ISolver
         return new SolveOutcome(x, iterations, "pcg-jacobi", relative);
     }
 
-    private static (Tensor X, int Iterations) Pcg(EditedProblem problem, Tensor b, Tensor inverseDiagonal, double tolerance, int maxIterations,
-        SolveContext context)
+    /// <param name="done">Iterations of earlier refinement rounds: the cap and the progress count all rounds.</param>
+    /// <param name="scale">‖b‖ of this round relative to the original right-hand side, so progress shows the residual
+    /// relative to the original system.</param>
+    private static (Tensor X, int Iterations) Pcg(EditedProblem problem, Tensor b, Tensor inverseDiagonal, double tolerance, int done,
+        SolveContext context, double scale)
     {
+        int maxIterations = context.Options.MaxIterations - done;
         double bNorm = b.norm().item<double>();
         var x = torch.zeros_like(b);
         var r = b.clone();
@@ -60,7 +65,7 @@ internal sealed class ConjugateGradientSolver : ISolver
             var hp = problem.Hessian(p);
             double pHp = p.dot(hp).item<double>();
             if (!(pHp > 0))
-                throw new UnlearningException(UnlearningException.NumericalFailure,
+                throw new UnlearningException(FailureCodes.NumericalFailure,
                     $"Conjugate gradient broke down at iteration {iteration} (pᵀH'p = {pHp}): H' is not positive definite; increase the damping.");
             double alpha = rz / pHp;
             x.AddInPlace(p, alpha);
@@ -68,8 +73,8 @@ internal sealed class ConjugateGradientSolver : ISolver
             iteration++;
             double rNorm = r.norm().item<double>();
             if (!double.IsFinite(rNorm))
-                throw new UnlearningException(UnlearningException.NumericalFailure, "Conjugate gradient produced non-finite values.");
-            context.Progress?.Report(new EngineProgress("cg", iteration, context.Options.MaxIterations));
+                throw new UnlearningException(FailureCodes.NumericalFailure, "Conjugate gradient produced non-finite values.");
+            context.Progress?.Report(new EngineProgress("cg", done + iteration, context.Options.MaxIterations, scale * rNorm / bNorm));
             if (rNorm <= tolerance * bNorm)
                 break;
             var zNext = r * inverseDiagonal;

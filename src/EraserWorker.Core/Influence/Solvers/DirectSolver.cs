@@ -1,3 +1,4 @@
+using EraserWorker.Contracts;
 using EraserWorker.Core.Compute;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -24,7 +25,7 @@ internal sealed class DirectSolver : ISolver
     public SolveOutcome Solve(EditedProblem problem, SolveContext context)
     {
         if (!(problem.Lambda > 0))
-            throw new UnlearningException(UnlearningException.NumericalFailure,
+            throw new UnlearningException(FailureCodes.NumericalFailure,
                 "The direct solver needs λ = l2 + damping > 0; set a damping or use the cg solver.");
         bool parameterSpace = UsesParameterSpace(problem);
         Func<Tensor, Tensor> applyInverse = parameterSpace ? ParameterSpace(problem, context) : Woodbury(problem, context);
@@ -113,7 +114,7 @@ internal sealed class DirectSolver : ISolver
     {
         var (factor, info) = torch.linalg.cholesky_ex(matrix);
         if (info.item<int>() != 0)
-            throw new UnlearningException(UnlearningException.NumericalFailure,
+            throw new UnlearningException(FailureCodes.NumericalFailure,
                 $"Cholesky factorisation failed (leading minor {info.item<int>()} not positive): the system is not positive definite; increase the damping.");
         return factor;
     }
