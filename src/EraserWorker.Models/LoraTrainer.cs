@@ -1,3 +1,4 @@
+using EraserWorker.Core.Formats.Adapters;
 using System.Diagnostics;
 using EraserWorker.Core.Compute;
 using TorchSharp;
@@ -34,6 +35,35 @@ public sealed record TrainOptions
     public ComputePrecision Precision { get; init; } = ComputePrecision.Float32;
     /// <summary>Leave out these sample ids (a retraining baseline without them).</summary>
     public IReadOnlyCollection<string> Exclude { get; init; } = [];
+
+    /// <summary>The schedules <see cref="Schedule"/> accepts.</summary>
+    public static IReadOnlyList<string> Schedules { get; } = ["constant", "linear", "cosine"];
+
+    /// <summary>Every out-of-range setting as a sentence naming it as the caller does (<paramref name="nameOf"/> maps the
+    /// property name, e.g. to <c>--epochs</c>); empty when the options are usable. Checked before any file is read.</summary>
+    public IReadOnlyList<string> Problems(Func<string, string>? nameOf = null)
+    {
+        nameOf ??= name => name;
+        var problems = new List<string>();
+        void Require(bool ok, string setting, string rule, object value)
+        {
+            if (!ok)
+                problems.Add($"{nameOf(setting)} must be {rule} (got {Convert.ToString(value, System.Globalization.CultureInfo.InvariantCulture)}).");
+        }
+        Require(Epochs >= 1, nameof(Epochs), "at least 1", Epochs);
+        Require(BatchSize >= 1, nameof(BatchSize), "at least 1", BatchSize);
+        Require(double.IsFinite(LearningRate) && LearningRate > 0, nameof(LearningRate), "a finite number > 0", LearningRate);
+        Require(Schedules.Contains(Schedule), nameof(Schedule), string.Join(", ", Schedules), Schedule);
+        Require(double.IsFinite(WeightDecay) && WeightDecay >= 0, nameof(WeightDecay), "a finite number ≥ 0", WeightDecay);
+        Require(double.IsFinite(L2) && L2 >= 0, nameof(L2), "a finite number ≥ 0", L2);
+        if (InitialAdapter is null)
+        {
+            Require(Lora.R >= 1, "Lora.R", "at least 1", Lora.R);
+            Require(double.IsFinite(Lora.LoraAlpha) && Lora.LoraAlpha > 0, "Lora.LoraAlpha", "a finite number > 0", Lora.LoraAlpha);
+        }
+        problems.AddRange(new ComputeOptions { Device = Device, Precision = Precision }.Problems(name => nameOf(name)));
+        return problems;
+    }
 }
 
 public sealed record TrainEpoch(int Epoch, double MeanLoss, double Seconds);
@@ -50,10 +80,9 @@ public static class LoraTrainer
     public static TrainResult Train(TrainOptions options, IProgress<TrainEpoch>? progress = null, CancellationToken cancellation = default)
     {
         var watch = Stopwatch.StartNew();
-        if (Directory.Exists(options.OutputDirectory) && Directory.EnumerateFileSystemEntries(options.OutputDirectory).Any())
-            throw new IOException($"The output folder '{options.OutputDirectory}' exists and is not empty.");
-        ArgumentOutOfRangeException.ThrowIfLessThan(options.Epochs, 0);
-        ArgumentOutOfRangeException.ThrowIfLessThan(options.BatchSize, 1);
+        if (options.Problems() is { Count: > 0 } problems)
+            throw new ArgumentException(string.Join(" ", problems));
+        PeftAdapter.CheckWritable(options.OutputDirectory);
         var config = LlamaConfig.Load(options.ModelDirectory);
         LoraLayout layout;
         double[] theta;

@@ -27,6 +27,12 @@ public static class ModelEvalCommand
         };
         command.SetAction(parse => CliErrors.Run(() =>
         {
+            var problems = new ComputeOptions { Device = parse.GetValue(device)!, Precision = parse.GetValue(precision) }
+                .Problems(name => name == nameof(ComputeOptions.Device) ? "--device" : "--precision").ToList();
+            if (parse.GetValue(batchSize) < 1)
+                problems.Add($"--batch-size must be at least 1 (got {parse.GetValue(batchSize)}).");
+            if (problems.Count > 0)
+                throw new ArgumentException(string.Join(" ", problems));
             var config = LlamaConfig.Load(parse.GetValue(model)!);
             LoraLayout layout;
             double[] theta;

@@ -61,10 +61,13 @@ public static class ModelTrainCommand
                 WeightDecay = parse.GetValue(weightDecay),
                 L2 = parse.GetValue(l2),
                 Seed = parse.GetValue(seed),
-                Exclude = UnlearnCommand.ParseIds(parse.GetValue(exclude) ?? [], parse.GetValue(excludeFile)),
+                Exclude = [],
                 Device = parse.GetValue(device)!,
                 Precision = parse.GetValue(precision),
             };
+            if (options.Problems(OptionName) is { Count: > 0 } problems)
+                throw new ArgumentException(string.Join(" ", problems));
+            options = options with { Exclude = UnlearnCommand.ParseIds(parse.GetValue(exclude) ?? [], parse.GetValue(excludeFile)) };
             bool asJson = parse.GetValue(json);
             var progress = new Progress(options.Epochs);
             var result = LoraTrainer.Train(options, progress, cancellation);
@@ -82,6 +85,21 @@ public static class ModelTrainCommand
         }), CancellationToken.None));
         return command;
     }
+
+    private static string OptionName(string setting) => setting switch
+    {
+        nameof(TrainOptions.Epochs) => "--epochs",
+        nameof(TrainOptions.BatchSize) => "--batch-size",
+        nameof(TrainOptions.LearningRate) => "--lr",
+        nameof(TrainOptions.Schedule) => "--schedule",
+        nameof(TrainOptions.WeightDecay) => "--weight-decay",
+        nameof(TrainOptions.L2) => "--l2",
+        "Lora.R" => "--rank",
+        "Lora.LoraAlpha" => "--alpha",
+        nameof(TrainOptions.Device) => "--device",
+        nameof(TrainOptions.Precision) => "--precision",
+        _ => setting,
+    };
 
     /// <summary>Epoch lines on standard error: the first, the last, and at most one a second between.</summary>
     private sealed class Progress(int epochs) : IProgress<TrainEpoch>
