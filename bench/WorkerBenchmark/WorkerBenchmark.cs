@@ -10,6 +10,7 @@ using EraserWorker.Contracts;
 using EraserWorker.Core.Formats.GradientCaches;
 using EraserWorker.Core.Formats.Safetensors;
 using EraserWorker.Storage;
+using EraserWorker.Storage.Blobs;
 using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
 

@@ -342,7 +342,7 @@ public sealed class ExperimentRunner(ExperimentSettings settings, string outputD
                 bool sampled = method != EraserDirectEf;
                 var rows = sampled ? e.SampledRows : e.GradientRows;
                 var update = (sampled ? c.Engine : c.EngineEf).Compute(e.Edits, rows is null ? null : _ => rows,
-                    new SolverOptions { Solver = method == LlmEraser ? SolverKind.LlmEraser : SolverKind.Direct, Damping = damping }, cancellation: cancellation);
+                    new SolverOptions { Solver = method == LlmEraser ? SolverKind.LlmEraser : SolverKind.Direct, Damping = damping, RequireConvergence = method != LlmEraser }, cancellation: cancellation);
                 return (update.Theta, update.Report.Seconds + (sampled ? e.SampledRowsSeconds : e.GradientRowsSeconds),
                     $"residual {update.Report.RelativeResidual:E1}, λ {update.Report.Lambda:G3}");
             }

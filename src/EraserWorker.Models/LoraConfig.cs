@@ -63,7 +63,7 @@ public static class LoraTargets
 /// </summary>
 public sealed record LoraConfig
 {
-    public const string FileName = "adapter_config.json";
+    public const string FileName = EraserWorker.Contracts.StoredFileNames.AdapterConfig;
 
     public int R { get; init; } = 8;
     public double LoraAlpha { get; init; } = 8;

@@ -52,8 +52,12 @@ public sealed class StorageOptions
     /// A missing container is then reported (readiness false, operations fail), never created.</summary>
     public bool CreateContainer { get; set; } = true;
 
+    /// <summary><c>Eraser:Storage:AllowInsecureHttp</c>: AzureBlob only — allow plain HTTP to a blob endpoint on another
+    /// machine (default false; loopback and Azurite's published development key are always allowed).</summary>
+    public bool AllowInsecureHttp { get; set; }
+
     /// <summary><c>Eraser:Storage:WriterId</c>: identity of this process in version claims (see
-    /// <see cref="AdapterStore.WriteVersionAsync"/>). Default: unique per process. A stable id per replica
+    /// <see cref="AdapterStore.PublishVersionAsync"/>). Default: unique per process. A stable id per replica
     /// (e.g. a StatefulSet pod name) lets a restarted replica finish its own interrupted writes at once.</summary>
     [StringLength(200, MinimumLength = 1)]
     public string? WriterId { get; set; }

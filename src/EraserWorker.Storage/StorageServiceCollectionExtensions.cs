@@ -5,6 +5,8 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
+using EraserWorker.Storage.Blobs;
+using EraserWorker.Storage.Security;
 
 namespace EraserWorker.Storage;
 
@@ -13,7 +15,8 @@ public static class StorageServiceCollectionExtensions
 {
     /// <summary>
     /// Registers <see cref="StorageOptions"/> (bound from <c>Eraser:Storage</c> of <paramref name="configuration"/>,
-    /// validated at start-up), <see cref="IBlobStore"/> (by <see cref="StorageOptions.Kind"/>),
+    /// validated at start-up — including the transport-security rule of <see cref="BlobEndpointSecurity"/>),
+    /// <see cref="IBlobStore"/> (by <see cref="StorageOptions.Kind"/>, credentials kept out of its URIs),
     /// <see cref="AdapterStore"/>, a no-op <see cref="IStorageMetrics"/> unless one is registered (before or
     /// after this call), and a hosted service that creates the container / root folder at start-up.
     /// </summary>
@@ -26,6 +29,7 @@ public static class StorageServiceCollectionExtensions
             .ValidateDataAnnotations()
             .ValidateOnStart();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<StorageOptions>, StorageOptionsValidator>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<StorageOptions>, StorageTlsValidator>());
         services.TryAddSingleton<IStorageMetrics>(NullStorageMetrics.Instance);
         services.TryAddSingleton(TimeProvider.System);
         services.TryAddSingleton<IBlobStore>(sp => CreateBlobStore(
@@ -39,16 +43,18 @@ public static class StorageServiceCollectionExtensions
         return services;
     }
 
-    /// <summary>Creates the <see cref="IBlobStore"/> that <paramref name="options"/> describe.</summary>
+    /// <summary>Creates the <see cref="IBlobStore"/> that <paramref name="options"/> describe — for every caller, the worker
+    /// and the CLI alike, wrapped so that its URIs never carry a SAS (<see cref="CredentialFreeUriBlobStore"/>).</summary>
     public static IBlobStore CreateBlobStore(StorageOptions options, IStorageMetrics? metrics = null)
     {
         ArgumentNullException.ThrowIfNull(options);
-        return options.Kind switch
+        IBlobStore store = options.Kind switch
         {
             StorageKind.FileSystem => new FileSystemBlobStore(options.Root, metrics, options.LockTimeout),
             StorageKind.AzureBlob => AzureBlobStore.Create(options, metrics),
             _ => throw new ArgumentOutOfRangeException(nameof(options), options.Kind, "Unknown storage kind."),
         };
+        return new CredentialFreeUriBlobStore(store);
     }
 }
 

@@ -8,6 +8,7 @@ using EraserWorker.Contracts;
 using EraserWorker.Core.Formats;
 using EraserWorker.Core.Formats.GradientCaches;
 using EraserWorker.Storage;
+using EraserWorker.Storage.Manifests;
 
 namespace EraserWorker.Cli.Commands;
 
@@ -122,7 +123,7 @@ public static class AdaptersCommand
                 io.Out.WriteLine($"  uri     {version.Uri}");
                 io.Out.WriteLine($"  sha256  {version.Sha256}");
                 if (modelSummary is not null)
-                    io.Out.WriteLine($"  model   {modelSummary.ModelType}, {modelSummary.Files.Count} file(s) under {AdapterStore.ModelPrefix(adapterId)} (text replacements enabled)");
+                    io.Out.WriteLine($"  model   {modelSummary.ModelType}, {modelSummary.Files.Count} file(s) stored with the adapter (text replacements enabled)");
             }
             return 0;
         }));
@@ -234,37 +235,28 @@ public static class AdaptersCommand
             throw new CliFailure($"the output folder '{shown}' exists and is not empty.");
     }
 
-    /// <summary>Re-hashes the downloaded files from disk against the manifest's <c>files</c> entries (the store
-    /// already compared while downloading; this proves what is on disk). The model must be listed.</summary>
+    /// <summary>Re-hashes the downloaded files from disk against the manifest's <c>files</c> entries (the store already
+    /// compared while downloading; this proves what is on disk). The weights must be listed.</summary>
     private static (List<string> Files, int Verified) VerifyAgainstManifest(string dir, string adapterId, int version)
     {
         var files = Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories)
             .Select(f => Path.GetRelativePath(dir, f).Replace(Path.DirectorySeparatorChar, '/'))
             .Order(StringComparer.Ordinal).ToList();
-        string manifestPath = Path.Combine(dir, AdapterStore.ManifestFileName);
+        string manifestPath = Path.Combine(dir, StoredFileNames.Manifest);
         if (!File.Exists(manifestPath))
-            throw new InvalidDataException($"Version {version} of adapter '{adapterId}' has no {AdapterStore.ManifestFileName}.");
-        var listed = JsonNode.Parse(File.ReadAllBytes(manifestPath))?["files"] as JsonObject
-            ?? throw new InvalidDataException($"The manifest of version {version} of adapter '{adapterId}' lists no file digests, so the download cannot be verified.");
-        if (!listed.ContainsKey(AdapterStore.AdapterModelFileName))
-            throw new InvalidDataException($"The manifest of version {version} of adapter '{adapterId}' has no digest for {AdapterStore.AdapterModelFileName}.");
+            throw new InvalidDataException($"Version {version} of adapter '{adapterId}' has no {StoredFileNames.Manifest}.");
+        var manifest = AdapterManifest.Parse(File.ReadAllBytes(manifestPath), adapterId, version);
+        if (manifest.WeightsSha256 is null)
+            throw new InvalidDataException($"The manifest of version {version} of adapter '{adapterId}' has no digest for {StoredFileNames.AdapterWeights}, so the download cannot be verified.");
         int verified = 0;
-        foreach (var (name, entry) in listed)
+        foreach (var (name, entry) in manifest.Files)
         {
-            string? expected = entry switch
-            {
-                JsonObject o => (string?)o["sha256"],
-                JsonValue v when v.TryGetValue(out string? s) => s,
-                _ => null,
-            };
-            if (expected is null || name == AdapterStore.ManifestFileName)
-                continue;
             string path = Path.Combine(dir, name);
             if (!File.Exists(path))
                 throw new InvalidDataException($"Version {version} of adapter '{adapterId}' lacks {name}, which its manifest lists.");
             string actual = FileHash.Sha256OfFile(path);
-            if (!string.Equals(actual, expected, StringComparison.OrdinalIgnoreCase))
-                throw new InvalidDataException($"{name} of version {version} of adapter '{adapterId}' has SHA-256 {actual}, but its manifest says {expected}.");
+            if (!string.Equals(actual, entry.Sha256, StringComparison.OrdinalIgnoreCase))
+                throw new InvalidDataException($"{name} of version {version} of adapter '{adapterId}' has SHA-256 {actual}, but its manifest says {entry.Sha256}.");
             verified++;
         }
         return (files, verified);
@@ -273,51 +265,28 @@ public static class AdaptersCommand
 
 /// <summary>What <c>adapters show</c> reports: the head, the versions, and the head manifest's summary.</summary>
 internal sealed record AdapterInfo(
-    AdapterHead Head, AdapterVersionRef Version, IReadOnlyList<int> Versions, JsonObject Manifest, GradientCacheManifest? Cache)
+    AdapterHead Head, AdapterVersionRef Version, IReadOnlyList<int> Versions, AdapterManifest Manifest, int AppliedRequests, GradientCacheManifest? Cache)
 {
     public static async Task<AdapterInfo> ReadAsync(AdapterStore store, string adapterId, CancellationToken cancellation)
     {
         var head = await store.GetHeadAsync(adapterId, cancellation) ?? throw new AdapterNotFoundException(adapterId);
         var manifest = await store.ReadManifestAsync(adapterId, head.Version, cancellation)
             ?? throw new InvalidDataException($"The head of adapter '{adapterId}' names version {head.Version}, which has no manifest.");
-        var version = await store.GetVersionAsync(adapterId, head.Version, cancellation)
-            ?? throw new InvalidDataException($"Version {head.Version} of adapter '{adapterId}' disappeared.");
         var versions = await store.ListVersionsAsync(adapterId, cancellation);
+        int applied = await store.CountAppliedRequestsAsync(manifest, cancellation);
         var cache = await ReadCacheManifestAsync(store, adapterId, cancellation);
-        return new AdapterInfo(head, version, versions, manifest, cache);
+        return new AdapterInfo(head, store.VersionRef(manifest), versions, manifest, applied, cache);
     }
 
-    /// <summary>The registered cache's <c>cache.json</c> (only that blob), or null when it is missing.</summary>
-    public static async Task<GradientCacheManifest?> ReadCacheManifestAsync(AdapterStore store, string adapterId, CancellationToken cancellation)
-    {
-        using var buffer = new MemoryStream();
-        if (await store.Blobs.DownloadAsync(AdapterStore.CachePrefix(adapterId) + AdapterStore.CacheIndexFileName, buffer, cancellation) is null)
-            return null;
-        return GradientCacheManifest.Parse(buffer.ToArray());
-    }
+    /// <summary>The registered cache's <c>cache.json</c> (only that file), or null when it is missing.</summary>
+    public static async Task<GradientCacheManifest?> ReadCacheManifestAsync(AdapterStore store, string adapterId, CancellationToken cancellation) =>
+        await store.ReadCacheFileAsync(adapterId, StoredFileNames.CacheIndex, cancellation) is { } bytes ? GradientCacheManifest.Parse(bytes) : null;
 
-    private int? ParentVersion => Manifest["parentVersion"] is JsonValue v && v.TryGetValue(out int p) ? p : null;
+    private int RequestsInVersion => Manifest.Requests.Count;
 
-    private DateTimeOffset? CreatedAt => Manifest["createdAt"] is JsonValue v && v.TryGetValue(out DateTimeOffset t) ? t : null;
+    private int Removed => Manifest.Edits.Removed.Count;
 
-    /// <summary>Requests applied up to the head: the worker's cumulative <c>requestHistory</c>, else the
-    /// version's own list (<c>requests</c> or the base manifest's <c>requestIds</c>).</summary>
-    private int AppliedRequests => Manifest["requestHistory"] is JsonObject history ? history.Count : RequestsInVersion;
-
-    private int RequestsInVersion => (Manifest["requests"] ?? Manifest["requestIds"]) is JsonArray a ? a.Count : 0;
-
-    private int Removed => Manifest["edits"]?["removed"] is JsonArray a ? a.Count : 0;
-
-    private int Replaced => Manifest["edits"]?["replaced"] switch
-    {
-        JsonObject o => o.Count,
-        JsonArray a => a.Count,
-        _ => 0,
-    };
-
-    private JsonObject? Solver => Manifest["solver"] as JsonObject;
-
-    private string? Kind => Manifest["kind"] is JsonValue v && v.TryGetValue(out string? k) ? k : null;
+    private int Replaced => Manifest.Edits.Replaced.Count;
 
     public JsonObject ToJson() => new()
     {
@@ -329,15 +298,15 @@ internal sealed record AdapterInfo(
         ["versions"] = new JsonArray(Versions.Select(v => (JsonNode)v).ToArray()),
         ["manifest"] = new JsonObject
         {
-            ["kind"] = Kind,
-            ["parentVersion"] = ParentVersion,
-            ["createdAt"] = CreatedAt,
+            ["kind"] = Manifest.Kind,
+            ["parentVersion"] = Manifest.ParentVersion,
+            ["createdAt"] = Manifest.CreatedAt,
             ["appliedRequests"] = AppliedRequests,
             ["requestsInVersion"] = RequestsInVersion,
             ["removed"] = Removed,
             ["replaced"] = Replaced,
-            ["solver"] = Solver?.DeepClone(),
-            ["updateNorm"] = Manifest["updateNorm"]?.DeepClone(),
+            ["solver"] = Manifest.Solver is { } s ? JsonSerializer.SerializeToNode(s, CliJson.Options) : null,
+            ["updateNorm"] = Manifest.UpdateNorm,
         },
         ["cache"] = Cache is null ? null : new JsonObject
         {
@@ -356,21 +325,14 @@ internal sealed record AdapterInfo(
         o.WriteLine($"uri        {Version.Uri}");
         o.WriteLine($"sha256     {Version.Sha256}");
         o.WriteLine($"versions   {FormatVersions(Versions)} ({Versions.Count})");
-        string parent = ParentVersion is int p ? $"parent {p}" : Kind == "base" ? "base (registered)" : "no parent";
-        string created = CreatedAt is DateTimeOffset c ? $", created {c.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss'Z'", inv)}" : "";
-        o.WriteLine($"manifest   {parent}{created}");
+        string parent = Manifest.ParentVersion is int p ? $"parent {p}" : Manifest.IsBase ? "base (registered)" : "no parent";
+        o.WriteLine($"manifest   {parent}, created {Manifest.CreatedAt.UtcDateTime.ToString("yyyy-MM-dd HH:mm:ss'Z'", inv)}");
         o.WriteLine($"requests   {AppliedRequests} applied ({RequestsInVersion} in this version)");
         o.WriteLine($"edits      {Removed} removed, {Replaced} replaced");
-        if (Solver is { } s)
-        {
-            string Number(string key, string format) => s[key] is JsonValue v && v.TryGetValue(out double d) ? d.ToString(format, inv) : "?";
-            string name = s["name"] is JsonValue n && n.TryGetValue(out string? nm) ? nm : "?";
-            o.WriteLine($"solver     {name}, {Number("iterations", "0")} iteration(s), residual {Number("relativeResidual", "0.00E+00")}, damping {Number("damping", "G4")}, {Number("seconds", "0.000")} s");
-        }
+        if (Manifest.Solver is { } s)
+            o.WriteLine($"solver     {s.Name}, {s.Iterations} iteration(s), residual {s.RelativeResidual.ToString("0.00E+00", inv)}, damping {s.Damping.ToString("G4", inv)}, {s.Seconds.ToString("0.000", inv)} s");
         else
-        {
             o.WriteLine("solver     none (base version)");
-        }
         if (Cache is not null)
             o.WriteLine($"cache      P = {Cache.ParameterCount:N0} in {Cache.Parameters.Count} tensor(s), l2 = {Cache.L2.ToString("G6", inv)}, {Cache.Shards.Count} shard(s)");
     }

@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using EraserWorker.Cli.Operator;
 using EraserWorker.Cli.Output;
 using EraserWorker.Storage;
+using EraserWorker.Storage.Versions;
 
 namespace EraserWorker.Cli.Commands;
 

@@ -45,9 +45,11 @@ public static class ReplacementsCommand
             if (!await store.IsRegisteredAsync(adapterId, cancellation))
                 throw new AdapterNotFoundException(adapterId);
             var registered = await AdapterInfo.ReadCacheManifestAsync(store, adapterId, cancellation)
-                ?? throw new InvalidDataException($"Adapter '{adapterId}' has no gradient cache in the store ({AdapterStore.CachePrefix(adapterId)}{AdapterStore.CacheIndexFileName} is missing).");
+                ?? throw new InvalidDataException($"Adapter '{adapterId}' has no gradient cache in the store (its {StoredFileNames.CacheIndex} is missing).");
             if (InputValidation.ParameterDifference(set.Parameters, registered.Parameters) is { } difference)
                 throw new UnlearningException(FailureCodes.InvalidCache, $"Replacement set '{dir}' does not fit adapter '{adapterId}': {difference}.");
+            // Ids a set corrects must be training samples: refused here, not by the worker later.
+            InputValidation.SamplesKnown(set.Ids, await RegisteredIdsAsync(store, adapterId, registered, cancellation));
 
             var summary = LocalInputs.ScanRows(set, $"replacement set '{dir}'", io, cancellation);
             io.Status($"Valid: {summary.Samples:N0} replacement row(s), P = {summary.Parameters:N0}, {summary.DType}{(summary.Curvature ? " with curvature rows" : "")}");
@@ -56,11 +58,27 @@ public static class ReplacementsCommand
             var (staged, ignored) = staging.Cache("replacements", dir, set.Manifest);
             LocalInputs.ReportIgnored(io, "replacement set", ignored);
             string name = AdapterStore.NewReplacementName();
-            io.Status($"Uploading as {AdapterStore.ReplacementsPrefix(adapterId, name)}");
+            io.Status($"Uploading as replacement set '{name}' of {adapterId}");
             string uri = await store.UploadReplacementsAsync(adapterId, name, staged, cancellation);
             io.Out.WriteLine(uri);
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>The registered cache's sample ids, from its ids files (each verified against the base manifest).</summary>
+    private static async Task<HashSet<string>> RegisteredIdsAsync(AdapterStore store, string adapterId, GradientCacheManifest registered,
+        CancellationToken cancellation)
+    {
+        var ids = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var shard in registered.Shards)
+        {
+            var bytes = await store.ReadCacheFileAsync(adapterId, shard.Ids, cancellation)
+                ?? throw new InvalidDataException($"The registered gradient cache of '{adapterId}' lacks its ids file {shard.Ids}.");
+            foreach (var line in System.Text.Encoding.UTF8.GetString(bytes).Split('\n'))
+                if (line.Length > 0)
+                    ids.Add(line);
+        }
+        return ids;
     }
 }

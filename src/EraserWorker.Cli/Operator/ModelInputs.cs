@@ -42,20 +42,11 @@ public static class ModelInputs
             throw new CliFailure($"the adapter does not fit the model: {e.Message}", e);
         }
         var cache = GradientCacheManifest.Load(Path.Combine(cacheDir, GradientCacheManifest.FileName));
-        var parameters = layout.Parameters;
-        if (!parameters.SequenceEqual(cache.Parameters))
-            throw new CliFailure($"the gradient cache's parameters (P = {cache.ParameterCount}, {cache.Parameters.Count} tensors) are not the LoRA layout of this model and adapter " +
-                $"(P = {ParameterSpec.TotalCount(parameters)}, {parameters.Count} tensors, in the order of 'eraser cache build'), so the worker could not compute rows that match them.");
-        var extra = cache.Extra;
-        string adapterSha = FileHash.Sha256OfFile(Path.Combine(adapterDir, PeftAdapter.WeightsFileName));
-        if (extra["adapterSha256"] is JsonValue a && a.TryGetValue(out string? sha) && !string.Equals(sha, adapterSha, StringComparison.OrdinalIgnoreCase))
-            throw new CliFailure($"the gradient cache was built at another adapter (its cache.json records adapterSha256 {sha}; the adapter's is {adapterSha}).");
         bool curvature;
         using (var opened = GradientCache.Open(cacheDir))
             curvature = opened.HasCurvature;
-        if (curvature && (!(extra["curvature"] is JsonValue c && c.TryGetValue(out string? definition) && definition.StartsWith("sampled", StringComparison.Ordinal))
-                          || extra["seed"] is not JsonValue))
-            throw new CliFailure("the gradient cache's curvature rows do not record their definition and seed (cache.json \"curvature\": \"sampled…\" and \"seed\", as 'eraser cache build' writes): rows the worker computes from text could not match them.");
+        if (CacheDefinition.Problem(cache, curvature, layout.Parameters, FileHash.Sha256OfFile(Path.Combine(adapterDir, PeftAdapter.WeightsFileName))) is { } problem)
+            throw new CliFailure(problem);
 
         var files = new List<string> { LlamaConfig.FileName };
         string index = Path.Combine(modelDir, ModelCheckpoint.IndexFileName);

@@ -169,7 +169,7 @@ public sealed class StoreHandle(ServiceProvider provider, StorageOptions options
     public AdapterStore Store { get; } = store;
 
     /// <summary>Where the store is, for status lines: the folder or container URI of <c>adapters/</c>.</summary>
-    public string Location => Store.Blobs.UriFor("adapters/");
+    public string Location => Store.Location;
 
     public void Dispose() => provider.Dispose();
 }

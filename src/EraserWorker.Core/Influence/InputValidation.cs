@@ -67,9 +67,14 @@ public static class InputValidation
     }
 
     /// <summary>Every id must be a sample of the cache: <c>UnknownSample</c> naming up to five that are not.</summary>
-    public static void SamplesKnown(IEnumerable<string> ids, GradientCache cache)
+    public static void SamplesKnown(IEnumerable<string> ids, GradientCache cache) => SamplesKnown(ids, id => cache.TryGetRow(id, out _));
+
+    /// <summary>Every id must be one of <paramref name="known"/> (the registered cache's ids, read from the store).</summary>
+    public static void SamplesKnown(IEnumerable<string> ids, IReadOnlySet<string> known) => SamplesKnown(ids, known.Contains);
+
+    private static void SamplesKnown(IEnumerable<string> ids, Func<string, bool> isKnown)
     {
-        var unknown = ids.Where(id => !cache.TryGetRow(id, out _)).Distinct(StringComparer.Ordinal).ToList();
+        var unknown = ids.Where(id => !isKnown(id)).Distinct(StringComparer.Ordinal).ToList();
         if (unknown.Count == 1)
             throw new UnlearningException(FailureCodes.UnknownSample, $"Sample {Quote(unknown[0])} is not in the gradient cache.");
         if (unknown.Count > 1)

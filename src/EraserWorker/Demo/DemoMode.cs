@@ -1,6 +1,7 @@
 using EraserWorker.Contracts;
 using EraserWorker.Core.Formats.GradientCaches;
 using EraserWorker.Core.Formats.Safetensors;
+using EraserWorker.Components;
 using EraserWorker.Hosting;
 using EraserWorker.Storage;
 using MassTransit;
@@ -108,7 +109,7 @@ internal sealed class DemoPublisher(AdapterStore store, IBus bus, Microsoft.Exte
             for (int j = 0; j < p; j++)
                 theta[j] -= r[i] * x[i][j];
         Directory.CreateDirectory(Path.Combine(folder, "adapter"));
-        File.WriteAllText(Path.Combine(folder, "adapter", "adapter_config.json"),
+        File.WriteAllText(Path.Combine(folder, "adapter", StoredFileNames.AdapterConfig),
             "{\n  \"peft_type\": \"LORA\",\n  \"r\": 8,\n  \"lora_alpha\": 16,\n  \"target_modules\": [\"q_proj\"]\n}\n");
         var tensors = new List<(string, string, IReadOnlyList<long>, ReadOnlyMemory<byte>)>();
         int offset = 0;
@@ -120,7 +121,7 @@ internal sealed class DemoPublisher(AdapterStore store, IBus bus, Microsoft.Exte
             tensors.Add((spec.Name, "F32", spec.Shape, bytes));
             offset += (int)spec.Count;
         }
-        using (var file = File.Create(Path.Combine(folder, "adapter", "adapter_model.safetensors")))
+        using (var file = File.Create(Path.Combine(folder, "adapter", StoredFileNames.AdapterWeights)))
             SafetensorsWriter.Write(file, tensors, new Dictionary<string, string> { ["format"] = "pt" });
         using var writer = GradientCacheWriter.Create(Path.Combine(folder, "cache"), Parameters, 1.0, "F16", true, 128);
         for (int i = 0; i < Samples; i++)

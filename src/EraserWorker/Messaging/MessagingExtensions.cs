@@ -1,5 +1,6 @@
 using EraserWorker.Contracts;
 using EraserWorker.Hosting;
+using EraserWorker.Components.Messaging;
 using MassTransit;
 using Microsoft.Extensions.Options;
 

@@ -96,10 +96,10 @@ public abstract class AdapterCommandsTests : IAsyncLifetime, IDisposable
         Assert.Contains("Not uploading 1 other file(s) of the adapter folder: README.md", register.Err);
 
         // What is stored: exactly the adapter's two files (+ the store's manifest) and exactly the cache's files.
-        var version0 = await BlobsAsync(AdapterStore.VersionPrefix(AdapterId, 0));
+        var version0 = await BlobsAsync(BlobLayout.Version(AdapterId, 0));
         Assert.Equal(["adapter_config.json", "adapter_model.safetensors", "manifest.json"],
-            version0.Select(n => n[AdapterStore.VersionPrefix(AdapterId, 0).Length..]).Order(StringComparer.Ordinal));
-        var cacheBlobs = (await BlobsAsync(AdapterStore.CachePrefix(AdapterId))).Select(n => n[AdapterStore.CachePrefix(AdapterId).Length..]).Order(StringComparer.Ordinal).ToList();
+            version0.Select(n => n[BlobLayout.Version(AdapterId, 0).Length..]).Order(StringComparer.Ordinal));
+        var cacheBlobs = (await BlobsAsync(BlobLayout.Cache(AdapterId))).Select(n => n[BlobLayout.Cache(AdapterId).Length..]).Order(StringComparer.Ordinal).ToList();
         Assert.Equal(Directory.GetFiles(cache).Select(f => Path.GetFileName(f)!).Order(StringComparer.Ordinal), cacheBlobs);
 
         var show = Run("adapters", "show", "--id", AdapterId, "--json", "--config", Settings);
@@ -233,7 +233,7 @@ public abstract class AdapterCommandsTests : IAsyncLifetime, IDisposable
         Assert.Contains("Version 7", missing.FailureLine);
 
         // A stored file that no longer matches its manifest: refused, and the output folder does not appear.
-        await store.Blobs.UploadAsync(AdapterStore.VersionPrefix(AdapterId, 1) + "adapter_model.safetensors",
+        await store.Blobs.UploadAsync(BlobLayout.Version(AdapterId, 1) + "adapter_model.safetensors",
             new MemoryStream(Encoding.UTF8.GetBytes("tampered")), BlobCondition.None);
         string tampered = Path.Combine(Temp.Path, "tampered");
         var bad = Run("adapters", "download", "--id", AdapterId, "--out", tampered, "--config", Settings);
@@ -353,7 +353,7 @@ public abstract class AdapterCommandsTests : IAsyncLifetime, IDisposable
         Assert.Equal(1, notASet.Exit);
         Assert.Contains("cache.json", notASet.FailureLine);
 
-        Assert.Empty(await BlobsAsync(AdapterStore.AdapterPrefix(AdapterId) + "replacements/"));
+        Assert.Empty(await BlobsAsync(BlobLayout.Adapter(AdapterId) + "replacements/"));
     }
 }
 

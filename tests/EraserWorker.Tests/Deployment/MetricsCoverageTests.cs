@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
-using EraserWorker.Observability;
+using EraserWorker.Components.Observability;
 using Prometheus;
 using Xunit.Abstractions;
 

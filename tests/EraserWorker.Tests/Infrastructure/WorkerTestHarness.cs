@@ -1,3 +1,4 @@
+using EraserWorker.Components.Messaging;
 using EraserWorker.Messaging;
 using MassTransit;
 using Microsoft.Extensions.DependencyInjection;

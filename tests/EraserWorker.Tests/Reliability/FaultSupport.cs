@@ -47,16 +47,20 @@ public sealed class ChainAudit
     public required IReadOnlyList<int> Orphans { get; init; }
     public required IReadOnlyDictionary<string, int> AppliedIn { get; init; }
     public required IReadOnlyList<string> Duplicates { get; init; }
-    public required IReadOnlyDictionary<int, JsonObject> Manifests { get; init; }
+    public required IReadOnlyDictionary<int, AdapterManifest> Manifests { get; init; }
+
+    /// <summary>What the store's redelivery index (request markers and the head's own requests) says applied each request
+    /// the chain applied.</summary>
+    public required IReadOnlyDictionary<string, int> Recorded { get; init; }
     public required IReadOnlyList<string> Claims { get; init; }
 
-    public JsonObject HeadManifest => Manifests[Head];
+    public AdapterManifest HeadManifest => Manifests[Head];
 
     public static async Task<ChainAudit> LoadAsync(AdapterStore store, string adapterId)
     {
         var head = await store.GetHeadAsync(adapterId) ?? throw new Xunit.Sdk.XunitException($"{adapterId} has no head");
         var complete = await store.ListVersionsAsync(adapterId);
-        var manifests = new Dictionary<int, JsonObject>();
+        var manifests = new Dictionary<int, AdapterManifest>();
         var chain = new List<int>();
         for (int v = head.Version; ; )
         {
@@ -67,7 +71,7 @@ public sealed class ChainAudit
             chain.Add(v);
             if (v == 0)
                 break;
-            int parent = (int?)manifest["parentVersion"] ?? throw new Xunit.Sdk.XunitException($"version {v} has no parentVersion");
+            int parent = manifest.ParentVersion ?? throw new Xunit.Sdk.XunitException($"version {v} has no parentVersion");
             Assert.True(parent < v, $"version {v} names parent {parent}: the chain must go back in numbers");
             v = parent;
         }
@@ -83,10 +87,12 @@ public sealed class ChainAudit
                     duplicates.Add($"{id} in versions {appliedIn[id]} and {v}");
         }
         var claims = new List<string>();
-        await foreach (var name in store.Blobs.ListAsync(AdapterStore.AdapterPrefix(adapterId) + "claims/"))
+        await foreach (var name in store.Blobs.ListAsync(BlobLayout.Claims(adapterId)))
             claims.Add(name);
+        var recorded = await store.FindAppliedAsync(manifests[head.Version], appliedIn.Keys.ToList());
         return new ChainAudit
         {
+            Recorded = recorded,
             Head = head.Version,
             Chain = chain,
             Orphans = complete.Except(chain).ToList(),
@@ -97,21 +103,15 @@ public sealed class ChainAudit
         };
     }
 
-    /// <summary>The request → version map of the head manifest's <c>requestHistory</c>.</summary>
-    public Dictionary<string, int> HeadHistory() =>
-        (HeadManifest["requestHistory"] as JsonObject ?? new JsonObject())
-        .ToDictionary(p => p.Key, p => (int)p.Value!, StringComparer.Ordinal);
-
     /// <summary>The head's cumulative removals (<c>edits.removed</c>).</summary>
-    public List<string> HeadRemoved() =>
-        (HeadManifest["edits"]?["removed"] as JsonArray ?? new JsonArray()).Select(n => (string)n!).ToList();
+    public List<string> HeadRemoved() => HeadManifest.Edits.Removed.ToList();
 
     public string Describe() =>
         $"head {Head}; chain [{string.Join(",", Chain)}]; orphans [{string.Join(",", Orphans)}]; claims left [{string.Join(",", Claims)}]";
 
     /// <summary>
     /// Nothing lost, nothing applied twice, a linear history: every expected request is applied by exactly one version
-    /// of the chain; the head's requestHistory says the same; every completion event names that version.
+    /// of the chain; the store's redelivery index says the same; every completion event names that version.
     /// </summary>
     public void AssertExactlyOnce(IReadOnlyCollection<string> expected, IEnumerable<UnlearningCompleted> completions)
     {
@@ -120,9 +120,8 @@ public sealed class ChainAudit
         Assert.True(missing.Count == 0, $"{missing.Count} request(s) never applied: {string.Join(", ", missing.Take(20))} ({Describe()})");
         var unexpected = AppliedIn.Keys.Except(expected).ToList();
         Assert.True(unexpected.Count == 0, $"versions apply requests nobody sent: {string.Join(", ", unexpected.Take(20))}");
-        var history = HeadHistory();
-        Assert.True(history.Count == AppliedIn.Count && AppliedIn.All(p => history.TryGetValue(p.Key, out int v) && v == p.Value),
-            $"the head's requestHistory ({history.Count} entries) disagrees with the chain's manifests ({AppliedIn.Count} requests)");
+        Assert.True(Recorded.Count == AppliedIn.Count && AppliedIn.All(p => Recorded.TryGetValue(p.Key, out int v) && v == p.Value),
+            $"the store's record of applied requests ({Recorded.Count} entries) disagrees with the chain's manifests ({AppliedIn.Count} requests)");
         foreach (var c in completions)
             Assert.True(AppliedIn.TryGetValue(c.RequestId, out int v) && v == c.Version,
                 $"{c.RequestId} was announced complete in version {c.Version}, but the chain applies it in {(AppliedIn.TryGetValue(c.RequestId, out int w) ? w : "no version")} ({Describe()})");
@@ -134,7 +133,7 @@ public sealed class ChainAudit
     {
         foreach (int v in Chain.Skip(1).Reverse().Take(maxVersions))
         {
-            var removed = (Manifests[v]["edits"]?["removed"] as JsonArray ?? new JsonArray()).Select(n => (string)n!).ToList();
+            var removed = Manifests[v].Edits.Removed.ToList();
             string dir = await bed.DownloadAsync(v, adapterId);
             ridge.AssertEqualsRetraining(WorkerTestBed.ModelFile(dir), ridge.Retrain(removed), $"version {v} ({removed.Count} removed)");
         }

@@ -103,6 +103,19 @@ public sealed class ConcurrentReader : IAsyncDisposable
     /// <summary>Complete reading passes made.</summary>
     public int Reads => Volatile.Read(ref _reads);
 
+    /// <summary>Waits until <see cref="Reads"/> reaches <paramref name="passes"/>; false after <paramref name="timeout"/>.</summary>
+    public async Task<bool> WaitForPassesAsync(int passes, TimeSpan timeout)
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        while (Reads < passes)
+        {
+            if (watch.Elapsed > timeout)
+                return false;
+            await Task.Delay(10);
+        }
+        return true;
+    }
+
     public IReadOnlyList<string> Violations
     {
         get
@@ -119,7 +132,7 @@ public sealed class ConcurrentReader : IAsyncDisposable
         {
             // Verifies each file against the manifest's SHA-256 and that the model exists.
             await store.DownloadVersionAsync(adapterId, version, dir);
-            foreach (var file in new[] { AdapterStore.AdapterModelFileName, AdapterStore.AdapterConfigFileName, AdapterStore.ManifestFileName })
+            foreach (var file in new[] { StoredFileNames.AdapterWeights, StoredFileNames.AdapterConfig, StoredFileNames.Manifest })
                 if (!File.Exists(Path.Combine(dir, file)))
                     Violation($"version {version} is listed complete but has no {file}");
         }

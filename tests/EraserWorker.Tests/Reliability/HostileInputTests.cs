@@ -206,10 +206,10 @@ public sealed class HostileInputTests(ITestOutputHelper output)
         // Adapters whose stored data is unusable (the store does not look inside files; the worker must).
         await bed.Store.RegisterAsync("tenant-a/cache-mismatch", adapterDir, otherCache);
         string truncatedAdapter = CopyFolder(adapterDir, bed.Temp.Sub("truncated-adapter"));
-        Truncate(Path.Combine(truncatedAdapter, AdapterStore.AdapterModelFileName), 100);
+        Truncate(Path.Combine(truncatedAdapter, StoredFileNames.AdapterWeights), 100);
         await bed.Store.RegisterAsync("tenant-a/truncated-adapter", truncatedAdapter, cacheDir);
         string lyingAdapter = CopyFolder(adapterDir, bed.Temp.Sub("lying-adapter"));
-        LieAboutDataOffsets(Path.Combine(lyingAdapter, AdapterStore.AdapterModelFileName));
+        LieAboutDataOffsets(Path.Combine(lyingAdapter, StoredFileNames.AdapterWeights));
         await bed.Store.RegisterAsync("tenant-a/lying-adapter", lyingAdapter, cacheDir);
 
         // An adapter whose base cache holds a NaN in one sample's gradient row: only a request that removes that sample
@@ -526,7 +526,7 @@ public sealed class HostileInputTests(ITestOutputHelper output)
         var names = new List<string>();
         await foreach (var blob in bed.Container.Client.GetBlobsAsync())
             names.Add(blob.Name);
-        var outside = names.Where(n => !adapters.Any(a => n.StartsWith(AdapterStore.AdapterPrefix(a), StringComparison.Ordinal))).ToList();
+        var outside = names.Where(n => !adapters.Any(a => n.StartsWith(BlobLayout.Adapter(a), StringComparison.Ordinal))).ToList();
         Assert.True(outside.Count == 0, "blobs outside the registered adapters: " + string.Join(", ", outside));
     }
 }

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json.Nodes;
 using EraserWorker.Contracts;
 using EraserWorker.Hosting;
+using EraserWorker.Components.Messaging;
 using EraserWorker.Messaging;
 using EraserWorker.Storage;
 using EraserWorker.Tests.Infrastructure;
@@ -75,13 +76,13 @@ public sealed class MidWriteFailureTests(ITestOutputHelper output) : IDisposable
                             Assert.Null(retry);
                         var head = (await clean.GetHeadAsync(id))!;
                         Assert.True(await clean.TryAdvanceHeadAsync(id, 1, head.ETag), what);
-                        await Task.Delay(50);
-                        Assert.True(reader.Reads > 0, $"{what}: the reader made no complete pass");
+                        // At least one complete reading pass after the head moved (a loaded machine may need a while).
+                        Assert.True(await reader.WaitForPassesAsync(reader.Reads + 1, TimeSpan.FromSeconds(20)), $"{what}: the reader made no complete pass");
                         Assert.True(reader.Violations.Count == 0, $"{what}: a reader saw: {string.Join("; ", reader.Violations.Distinct())}");
                     }
                     var v1 = Path.Combine(_temp.Path, $"check-{caseNo}");
                     await clean.DownloadVersionAsync(id, 1, v1); // hashes verified against the manifest
-                    Assert.Equal(File.ReadAllBytes(Path.Combine(local, AdapterStore.AdapterModelFileName)), File.ReadAllBytes(WorkerTestBed.ModelFile(v1)));
+                    Assert.Equal(File.ReadAllBytes(Path.Combine(local, StoredFileNames.AdapterWeights)), File.ReadAllBytes(WorkerTestBed.ModelFile(v1)));
                     Assert.Empty(await Claims(clean, id));
                     output.WriteLine($"{what}: uploads {string.Join(" → ", faulty.Uploads.Select(u => u[(u.IndexOf("/0", StringComparison.Ordinal) + 1)..]))}; retried OK");
                 }
@@ -103,7 +104,7 @@ public sealed class MidWriteFailureTests(ITestOutputHelper output) : IDisposable
                 await Assert.ThrowsAsync<VersionConflictException>(() => new AdapterStore(Raw(), optionsB).WriteVersionAsync(id, 1, otherFiles));
                 await Task.Delay(TimeSpan.FromSeconds(2.2));
                 await new AdapterStore(Raw(), optionsB).WriteVersionAsync(id, 1, otherFiles);
-                var manifest = await clean.ReadManifestAsync(id, 1);
+                var manifest = await clean.ReadManifestJsonAsync(id, 1);
                 Assert.Equal("writer-b", (string?)manifest!["marker"]);
                 Assert.Empty(await Claims(clean, id));
             }
@@ -186,9 +187,10 @@ public sealed class MidWriteFailureTests(ITestOutputHelper output) : IDisposable
         await using (var first = await StartInProcessWorkerAsync(root, new FileSystemBlobStore(root)))
         {
             // What the consumer does up to the head move; the process "dies" before publishing the outcome.
-            var outcome = await first.Services.GetRequiredService<EraserWorker.Unlearning.AdapterUnlearningService>()
-                .ApplyAsync(AdapterId, [(request, DateTimeOffset.UtcNow)], CancellationToken.None);
-            dead = new BatchOutcomeSummary(outcome.Published!.Version, outcome.Published.Sha256);
+            var outcome = await first.Services.GetRequiredService<EraserWorker.Components.Unlearning.UnlearningBatchService>()
+                .ApplyAsync([new EraserWorker.Components.Unlearning.PendingRequest(request, DateTimeOffset.UtcNow)], lastAttempt: false, CancellationToken.None);
+            var published = Assert.Single(outcome.Published);
+            dead = new BatchOutcomeSummary(published.Version, published.Sha256);
             Assert.Empty(first.Services.GetRequiredService<ITestHarness>().Published.Select<AdapterVersionPublished>(new CancellationToken(true)));
         }
         Assert.Equal(1, dead.Version);
@@ -250,7 +252,7 @@ public sealed class MidWriteFailureTests(ITestOutputHelper output) : IDisposable
             File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
         // Different bytes per writer: a takeover must not be mistaken for the same write.
         if (marker is not null)
-            File.AppendAllText(Path.Combine(dir, AdapterStore.AdapterConfigFileName), "\n");
+            File.AppendAllText(Path.Combine(dir, StoredFileNames.AdapterConfig), "\n");
         var files = new JsonObject();
         foreach (var file in Directory.GetFiles(dir))
             files[Path.GetFileName(file)] = new JsonObject { ["sha256"] = WorkerTestBed.Sha256OfFile(file) };
@@ -264,14 +266,14 @@ public sealed class MidWriteFailureTests(ITestOutputHelper output) : IDisposable
             ["files"] = files,
             ["p"] = ridge.P,
         };
-        File.WriteAllText(Path.Combine(dir, AdapterStore.ManifestFileName), manifest.ToJsonString());
+        File.WriteAllText(Path.Combine(dir, StoredFileNames.Manifest), manifest.ToJsonString());
         return dir;
     }
 
     private static async Task<List<string>> Claims(AdapterStore store, string adapterId)
     {
         var claims = new List<string>();
-        await foreach (var name in store.Blobs.ListAsync(AdapterStore.AdapterPrefix(adapterId) + "claims/"))
+        await foreach (var name in store.Blobs.ListAsync(BlobLayout.Adapter(adapterId) + "claims/"))
             claims.Add(name);
         return claims;
     }

@@ -56,7 +56,7 @@ public sealed class SecurityTests(ITestOutputHelper output) : IDisposable
             {
                 ["Eraser:Storage:Kind"] = "AzureBlob",
                 ["Eraser:Storage:ConnectionString"] = connectionString,
-                [EndpointSecurity.AllowInsecureHttpKey] = allowInsecure ? "true" : null,
+                [EraserWorker.Storage.Security.BlobEndpointSecurity.AllowInsecureHttpKey] = allowInsecure ? "true" : null,
             });
             var error = Record.Exception(() => app.Services.GetRequiredService<IOptions<StorageOptions>>().Value);
             if (accepted || allowInsecure)
@@ -66,7 +66,7 @@ public sealed class SecurityTests(ITestOutputHelper output) : IDisposable
             }
             var refused = Assert.IsType<OptionsValidationException>(error);
             output.WriteLine($"{what}: {refused.Message}");
-            Assert.Contains(EndpointSecurity.AllowInsecureHttpKey, refused.Message);
+            Assert.Contains(EraserWorker.Storage.Security.BlobEndpointSecurity.AllowInsecureHttpKey, refused.Message);
             Assert.DoesNotContain(FakeAccountKey, refused.Message);
             Assert.DoesNotContain("sig=", refused.Message);
         }
@@ -210,7 +210,7 @@ public sealed class SecurityTests(ITestOutputHelper output) : IDisposable
         string v1 = _temp.Sub("v1");
         foreach (var file in Directory.GetFiles(adapter))
             File.Copy(file, Path.Combine(v1, Path.GetFileName(file)));
-        File.WriteAllText(Path.Combine(v1, AdapterStore.ManifestFileName), """{"format":"eraser.manifest/v1","version":1,"parentVersion":0}""");
+        File.WriteAllText(Path.Combine(v1, StoredFileNames.Manifest), """{"format":"eraser.manifest/v1","version":1,"parentVersion":0}""");
         await store.WriteVersionAsync("tenant-a/sas-bot", 1, v1);
         Assert.True(await store.TryAdvanceHeadAsync("tenant-a/sas-bot", 1, (await store.GetHeadAsync("tenant-a/sas-bot"))!.ETag));
         Assert.Equal(new[] { 0, 1 }, await store.ListVersionsAsync("tenant-a/sas-bot"));
@@ -228,6 +228,47 @@ public sealed class SecurityTests(ITestOutputHelper output) : IDisposable
         output.WriteLine(error.Message);
         Assert.Contains("Eraser:Storage:CreateContainer is false", error.Message);
         Assert.False((await container.Service.GetBlobContainerClient(container.Name + "-missing").ExistsAsync()).Value);
+    }
+
+    /// <summary>The CLI gets the same credential-free store as the worker: with a container SAS in its connection string,
+    /// nothing <c>adapters register | show | download</c> print — URIs, status lines, JSON — carries the signature.</summary>
+    [ServiceFact]
+    public async Task The_clis_output_never_contains_the_storage_credential()
+    {
+        await using var container = AzuriteContainer.Create();
+        await container.Client.CreateAsync();
+        var permissions = BlobContainerSasPermissions.Read | BlobContainerSasPermissions.Create | BlobContainerSasPermissions.Write
+                          | BlobContainerSasPermissions.Delete | BlobContainerSasPermissions.List;
+        string connectionString = ContainerSasConnectionString(container, permissions, out string sas);
+        string signature = Uri.UnescapeDataString(sas.Split('&').Single(p => p.StartsWith("sig=", StringComparison.Ordinal))[4..]);
+        var ridge = new RidgeOracle(seed: 84);
+        var (adapter, cache) = ridge.WriteFiles(_temp.Sub("source"));
+        var environment = new Dictionary<string, string?>
+        {
+            ["Eraser__Storage__Kind"] = "AzureBlob",
+            ["Eraser__Storage__ConnectionString"] = connectionString,
+            ["Eraser__Storage__Container"] = container.Name,
+            ["Eraser__Storage__CreateContainer"] = "false",
+        };
+        var outputs = new List<string>();
+        foreach (var args in new[]
+        {
+            new[] { "adapters", "register", "--id", "tenant-a/cli-sas", "--adapter", adapter, "--cache", cache },
+            ["adapters", "register", "--id", "tenant-a/cli-sas-json", "--adapter", adapter, "--cache", cache, "--json"],
+            ["adapters", "show", "--id", "tenant-a/cli-sas"],
+            ["adapters", "show", "--id", "tenant-a/cli-sas", "--json"],
+            ["adapters", "download", "--id", "tenant-a/cli-sas", "--out", _temp.Sub("download"), "--json"],
+            ["replacements", "upload", "--id", "tenant-a/cli-sas", "--cache", cache],
+        })
+        {
+            var result = await EraserWorker.Tests.Cli.CliHarness.RunProcessAsync(_temp.Path, environment, args);
+            Assert.True(result.Exit == 0, $"eraser {string.Join(' ', args)}: {result}");
+            outputs.Add(result.Out + result.Err);
+        }
+        string all = string.Join("\n", outputs);
+        Assert.Contains(container.Name, all); // the URIs are there, without their query string
+        Assert.DoesNotContain("sig=", all);
+        AssertNoSecret(all, "the CLI's output", sas, signature, Uri.EscapeDataString(signature));
     }
 
     /// <summary>A read-only container SAS (<c>sp=rl</c>): the store is reachable and reads work, every write fails at once
@@ -257,7 +298,7 @@ public sealed class SecurityTests(ITestOutputHelper output) : IDisposable
         Assert.Contains("read, create, write, delete and list", denied.Message);
         Assert.Contains(container.Name, denied.Message);
         AssertNoSecret(denied.ToString(), "the exception", signature, Uri.EscapeDataString(signature));
-        var delete = await Assert.ThrowsAsync<StorageAccessDeniedException>(() => store.Blobs.DeleteAsync(AdapterStore.HeadName("tenant-a/ro-bot")));
+        var delete = await Assert.ThrowsAsync<StorageAccessDeniedException>(() => store.Blobs.DeleteAsync(BlobLayout.Head("tenant-a/ro-bot")));
         Assert.Equal("delete", delete.Operation);
         Assert.Equal(0, (await store.GetHeadAsync("tenant-a/ro-bot"))!.Version);
     }

@@ -52,7 +52,7 @@ public sealed class WorkerKillTests(ITestOutputHelper output)
         });
 
         var kills = new List<string>();
-        string claims = AdapterStore.AdapterPrefix(WorkerTestBed.AdapterId) + "claims/";
+        string claims = BlobLayout.Adapter(WorkerTestBed.AdapterId) + "claims/";
         for (int k = 1; k <= settings.Kills; k++)
         {
             // Odd kills at a random moment; even kills in the middle of a version write: as soon as a claim (taken before

@@ -39,15 +39,15 @@ public abstract class AdapterStoreContractTests : IAsyncLifetime, IDisposable
     private string MakeAdapter(string name, int seed)
     {
         string dir = Temp.Sub(name);
-        File.WriteAllText(Path.Combine(dir, AdapterStore.AdapterConfigFileName), """{"peft_type":"LORA","r":4}""");
-        File.WriteAllBytes(Path.Combine(dir, AdapterStore.AdapterModelFileName), RandomBytes(200_000 + seed, seed));
+        File.WriteAllText(Path.Combine(dir, StoredFileNames.AdapterConfig), """{"peft_type":"LORA","r":4}""");
+        File.WriteAllBytes(Path.Combine(dir, StoredFileNames.AdapterWeights), RandomBytes(200_000 + seed, seed));
         return dir;
     }
 
     private string MakeCache(string name, int seed)
     {
         string dir = Temp.Sub(name);
-        File.WriteAllText(Path.Combine(dir, AdapterStore.CacheIndexFileName), """{"format":"eraser.gradcache/v1","parameters":[],"l2":0.0,"shards":[]}""");
+        File.WriteAllText(Path.Combine(dir, StoredFileNames.CacheIndex), """{"format":"eraser.gradcache/v1","parameters":[],"l2":0.0,"shards":[]}""");
         File.WriteAllBytes(Path.Combine(dir, "shard-00000.safetensors"), RandomBytes(50_000, seed + 1));
         File.WriteAllText(Path.Combine(dir, "shard-00000.ids"), "s1\ns2\ns3\n");
         return dir;
@@ -58,15 +58,15 @@ public abstract class AdapterStoreContractTests : IAsyncLifetime, IDisposable
     {
         string dir = Temp.Sub(name);
         var model = RandomBytes(120_000, seed);
-        File.WriteAllBytes(Path.Combine(dir, AdapterStore.AdapterModelFileName), model);
-        File.WriteAllText(Path.Combine(dir, AdapterStore.AdapterConfigFileName), """{"peft_type":"LORA","r":4}""");
+        File.WriteAllBytes(Path.Combine(dir, StoredFileNames.AdapterWeights), model);
+        File.WriteAllText(Path.Combine(dir, StoredFileNames.AdapterConfig), """{"peft_type":"LORA","r":4}""");
         var manifest = new JsonObject
         {
             ["parentVersion"] = parent,
             ["requestIds"] = new JsonArray("r-" + seed),
-            ["files"] = new JsonObject { [AdapterStore.AdapterModelFileName] = new JsonObject { ["sha256"] = Sha(model) } },
+            ["files"] = new JsonObject { [StoredFileNames.AdapterWeights] = new JsonObject { ["sha256"] = Sha(model) } },
         };
-        File.WriteAllText(Path.Combine(dir, AdapterStore.ManifestFileName), manifest.ToJsonString());
+        File.WriteAllText(Path.Combine(dir, StoredFileNames.Manifest), manifest.ToJsonString());
         return dir;
     }
 
@@ -90,6 +90,24 @@ public abstract class AdapterStoreContractTests : IAsyncLifetime, IDisposable
     // ---------------------------------------------------------------------------------------- tests
 
     [ServiceFact]
+    public async Task A_cache_blob_changed_after_registration_is_refused_when_downloaded_and_nothing_of_it_is_kept()
+    {
+        var store = NewStore();
+        const string id = "tenant-a/tampered";
+        await store.RegisterAsync(id, MakeAdapter("adapter-t", 5), MakeCache("cache-t", 6));
+        var raw = CreateBlobStore();
+        await raw.UploadAsync(BlobLayout.Cache(id) + "shard-00000.safetensors", new MemoryStream(RandomBytes(50_000, 99)), BlobCondition.None);
+
+        string target = Temp.Sub("download-t");
+        var refused = await Assert.ThrowsAsync<InvalidDataException>(() => store.DownloadCacheAsync(id, target));
+
+        Assert.Contains("shard-00000.safetensors", refused.Message);
+        Assert.Contains("base manifest", refused.Message);
+        Assert.False(File.Exists(Path.Combine(target, "shard-00000.safetensors")), "the refused file must not be left behind");
+        Assert.Equal(await store.ReadCacheFileAsync(id, "shard-00000.ids"), "s1\ns2\ns3\n"u8.ToArray());
+    }
+
+    [ServiceFact]
     public async Task Register_write_and_read_round_trip_byte_identical()
     {
         var store = NewStore();
@@ -99,7 +117,7 @@ public abstract class AdapterStoreContractTests : IAsyncLifetime, IDisposable
 
         var v0 = await store.RegisterAsync(id, adapter, cache);
         Assert.Equal(0, v0.Version);
-        Assert.Equal(Sha(File.ReadAllBytes(Path.Combine(adapter, AdapterStore.AdapterModelFileName))), v0.Sha256);
+        Assert.Equal(Sha(File.ReadAllBytes(Path.Combine(adapter, StoredFileNames.AdapterWeights))), v0.Sha256);
         var head = await store.GetHeadAsync(id);
         Assert.NotNull(head);
         Assert.Equal(0, head.Version);
@@ -107,11 +125,12 @@ public abstract class AdapterStoreContractTests : IAsyncLifetime, IDisposable
 
         var baseManifest = await store.ReadManifestAsync(id, 0);
         Assert.NotNull(baseManifest);
-        Assert.Equal(v0.Sha256, (string?)baseManifest["files"]![AdapterStore.AdapterModelFileName]!["sha256"]);
+        Assert.Equal(v0.Sha256, baseManifest.Files[StoredFileNames.AdapterWeights].Sha256);
+        Assert.True(baseManifest.IsBase);
 
         string v1Dir = MakeVersion("v1", 10);
         var v1 = await store.WriteVersionAsync(id, 1, v1Dir);
-        Assert.Equal(Sha(File.ReadAllBytes(Path.Combine(v1Dir, AdapterStore.AdapterModelFileName))), v1.Sha256);
+        Assert.Equal(Sha(File.ReadAllBytes(Path.Combine(v1Dir, StoredFileNames.AdapterWeights))), v1.Sha256);
         Assert.EndsWith("adapters/tenant-a/support-bot/versions/000001/", v1.Uri);
         Assert.True(await store.TryAdvanceHeadAsync(id, 1, head.ETag));
         Assert.Equal(1, (await store.GetHeadAsync(id))!.Version);
@@ -125,7 +144,7 @@ public abstract class AdapterStoreContractTests : IAsyncLifetime, IDisposable
         AssertSameFolder(v1Dir, down);
         string down0 = Temp.Sub("down-v0");
         await other.DownloadVersionAsync(id, 0, down0);
-        Assert.Equal(File.ReadAllBytes(Path.Combine(adapter, AdapterStore.AdapterModelFileName)), File.ReadAllBytes(Path.Combine(down0, AdapterStore.AdapterModelFileName)));
+        Assert.Equal(File.ReadAllBytes(Path.Combine(adapter, StoredFileNames.AdapterWeights)), File.ReadAllBytes(Path.Combine(down0, StoredFileNames.AdapterWeights)));
         string downCache = Temp.Sub("down-cache");
         await other.DownloadCacheAsync(id, downCache);
         AssertSameFolder(cache, downCache);
@@ -133,13 +152,13 @@ public abstract class AdapterStoreContractTests : IAsyncLifetime, IDisposable
         Assert.Equal([0, 1], await other.ListVersionsAsync(id));
         Assert.Equal(v1, await other.GetVersionAsync(id, 1));
         Assert.Null(await other.GetVersionAsync(id, 2));
-        Assert.Equal("r-10", (string?)(await other.ReadManifestAsync(id, 1))!["requestIds"]![0]);
+        Assert.Equal("r-10", (string?)(await other.ReadManifestJsonAsync(id, 1))!["requestIds"]![0]);
         var adapters = new List<string>();
         await foreach (var a in other.ListAdaptersAsync())
             adapters.Add(a);
         Assert.Equal([id], adapters);
         // The claims are gone after completion.
-        Assert.Empty(await ListAsync(store.Blobs, AdapterStore.AdapterPrefix(id) + "claims/"));
+        Assert.Empty(await ListAsync(store.Blobs, BlobLayout.Adapter(id) + "claims/"));
     }
 
     [ServiceFact]
@@ -180,7 +199,7 @@ public abstract class AdapterStoreContractTests : IAsyncLifetime, IDisposable
         var store = NewStore();
         await store.RegisterAsync("inc", MakeAdapter("a", 1), MakeCache("c", 2));
         var head = (await store.GetHeadAsync("inc"))!;
-        await store.Blobs.UploadAsync(AdapterStore.VersionPrefix("inc", 1) + AdapterStore.AdapterModelFileName, new MemoryStream([1, 2, 3]), BlobCondition.CreateOnly);
+        await store.Blobs.UploadAsync(BlobLayout.Version("inc", 1) + StoredFileNames.AdapterWeights, new MemoryStream([1, 2, 3]), BlobCondition.CreateOnly);
         await Assert.ThrowsAsync<VersionNotFoundException>(() => store.TryAdvanceHeadAsync("inc", 1, head.ETag));
         Assert.Equal([0], await store.ListVersionsAsync("inc"));
         Assert.Equal(2, await store.NextFreeVersionAsync("inc"));
@@ -192,10 +211,10 @@ public abstract class AdapterStoreContractTests : IAsyncLifetime, IDisposable
         const string id = "crash";
         var store = NewStore();
         await store.RegisterAsync(id, MakeAdapter("a", 1), MakeCache("c", 2));
-        string prefix = AdapterStore.VersionPrefix(id, 1);
+        string prefix = BlobLayout.Version(id, 1);
 
         // A writer crashed after uploading a different model and no manifest (and no claim).
-        await store.Blobs.UploadAsync(prefix + AdapterStore.AdapterModelFileName, new MemoryStream(RandomBytes(999, 7)), BlobCondition.CreateOnly);
+        await store.Blobs.UploadAsync(prefix + StoredFileNames.AdapterWeights, new MemoryStream(RandomBytes(999, 7)), BlobCondition.CreateOnly);
         string dir = MakeVersion("v1", 20);
         var v1 = await store.WriteVersionAsync(id, 1, dir);
         string down = Temp.Sub("down");
@@ -210,18 +229,18 @@ public abstract class AdapterStoreContractTests : IAsyncLifetime, IDisposable
         const string id = "claimed";
         var setup = NewStore();
         await setup.RegisterAsync(id, MakeAdapter("a", 1), MakeCache("c", 2));
-        string prefix = AdapterStore.VersionPrefix(id, 1);
+        string prefix = BlobLayout.Version(id, 1);
 
         // Writer A claimed version 1 and wrote part of it, then crashed.
         var crashed = NewStore("writer-a");
         string dirA = MakeVersion("va", 30);
-        File.Delete(Path.Combine(dirA, AdapterStore.ManifestFileName));
-        File.WriteAllText(Path.Combine(dirA, AdapterStore.ManifestFileName), "{}");
-        var blocker = new BlockingBlobStore(CreateBlobStore(), block: name => name.EndsWith(AdapterStore.AdapterConfigFileName));
+        File.Delete(Path.Combine(dirA, StoredFileNames.Manifest));
+        File.WriteAllText(Path.Combine(dirA, StoredFileNames.Manifest), "{}");
+        var blocker = new BlockingBlobStore(CreateBlobStore(), block: name => name.EndsWith(StoredFileNames.AdapterConfig));
         var crashing = new AdapterStore(blocker, new StorageOptions { WriterId = "writer-a" }, timeProvider: _clock);
         await Assert.ThrowsAsync<IOException>(() => crashing.WriteVersionAsync(id, 1, dirA));
         // Simulate the crash: the claim stays (a crashed process cannot release it).
-        Assert.NotNull(await setup.Blobs.GetPropertiesAsync(AdapterStore.AdapterPrefix(id) + "claims/000001.json"));
+        Assert.NotNull(await setup.Blobs.GetPropertiesAsync(BlobLayout.Adapter(id) + "claims/000001.json"));
 
         // Writer B with other files must wait...
         string dirB = MakeVersion("vb", 31);
@@ -251,9 +270,9 @@ public abstract class AdapterStoreContractTests : IAsyncLifetime, IDisposable
         var store = NewStore();
         await store.RegisterAsync("bad-manifest", MakeAdapter("a", 1), MakeCache("c", 2));
         string dir = MakeVersion("v", 40);
-        File.WriteAllBytes(Path.Combine(dir, AdapterStore.AdapterModelFileName), [1, 2, 3]);
+        File.WriteAllBytes(Path.Combine(dir, StoredFileNames.AdapterWeights), [1, 2, 3]);
         await Assert.ThrowsAsync<ArgumentException>(() => store.WriteVersionAsync("bad-manifest", 1, dir));
-        Assert.Empty(await ListAsync(store.Blobs, AdapterStore.VersionPrefix("bad-manifest", 1)));
+        Assert.Empty(await ListAsync(store.Blobs, BlobLayout.Version("bad-manifest", 1)));
     }
 
     [ServiceFact]
@@ -332,7 +351,7 @@ public abstract class AdapterStoreContractTests : IAsyncLifetime, IDisposable
         File.WriteAllText(Path.Combine(dir, "bad name.txt"), "x");
         await Assert.ThrowsAsync<ArgumentException>(() => store.WriteVersionAsync("files", 1, dir));
         string noManifest = MakeVersion("v2", 6);
-        File.Delete(Path.Combine(noManifest, AdapterStore.ManifestFileName));
+        File.Delete(Path.Combine(noManifest, StoredFileNames.Manifest));
         await Assert.ThrowsAsync<ArgumentException>(() => store.WriteVersionAsync("files", 1, noManifest));
     }
 

@@ -85,7 +85,7 @@ public sealed class PruneTests(ITestOutputHelper output) : IDisposable
             output.WriteLine(run.Out);
             Assert.Contains($"{AdapterId}: head 2; 3 leftover(s) removed, 2 kept", run.Out);
             var after = await BlobsAsync(store);
-            string prefix = AdapterStore.AdapterPrefix(AdapterId);
+            string prefix = BlobLayout.Adapter(AdapterId);
             var gone = before.Except(after).Select(b => b[prefix.Length..]).Order(StringComparer.Ordinal).ToList();
             Assert.Equal(new[]
             {
@@ -125,7 +125,7 @@ public sealed class PruneTests(ITestOutputHelper output) : IDisposable
     private static async Task<List<string>> BlobsAsync(AdapterStore store)
     {
         var names = new List<string>();
-        await foreach (var name in store.Blobs.ListAsync(AdapterStore.AdapterPrefix(AdapterId)))
+        await foreach (var name in store.Blobs.ListAsync(BlobLayout.Adapter(AdapterId)))
             names.Add(name);
         return names;
     }
@@ -139,7 +139,7 @@ public sealed class PruneTests(ITestOutputHelper output) : IDisposable
         var files = new JsonObject();
         foreach (var file in Directory.GetFiles(dir))
             files[Path.GetFileName(file)] = new JsonObject { ["sha256"] = WorkerTestBed.Sha256OfFile(file) };
-        File.WriteAllText(Path.Combine(dir, AdapterStore.ManifestFileName), new JsonObject
+        File.WriteAllText(Path.Combine(dir, StoredFileNames.Manifest), new JsonObject
         {
             ["format"] = "eraser.manifest/v1",
             ["version"] = version,

@@ -34,7 +34,7 @@ public sealed class StorageOptionsTests : IDisposable
         Assert.Equal(StorageKind.FileSystem, options.Kind);
         Assert.Equal("./data", options.Root);
         Assert.Equal("eraser", options.Container);
-        var store = Assert.IsType<FileSystemBlobStore>(sp.GetRequiredService<IBlobStore>());
+        var store = Assert.IsType<FileSystemBlobStore>(Assert.IsType<EraserWorker.Storage.Security.CredentialFreeUriBlobStore>(sp.GetRequiredService<IBlobStore>()).Inner);
         Assert.Equal(Path.GetFullPath("./data"), store.Root);
         Assert.NotNull(sp.GetRequiredService<AdapterStore>());
         Assert.IsType<NullStorageMetrics>(sp.GetRequiredService<IStorageMetrics>());
@@ -53,7 +53,7 @@ public sealed class StorageOptionsTests : IDisposable
             ["Eraser:Storage:VersionClaimTimeout"] = "00:05:00",
         });
         ValidateOnStart(sp);
-        var store = Assert.IsType<AzureBlobStore>(sp.GetRequiredService<IBlobStore>());
+        var store = Assert.IsType<AzureBlobStore>(Assert.IsType<EraserWorker.Storage.Security.CredentialFreeUriBlobStore>(sp.GetRequiredService<IBlobStore>()).Inner);
         Assert.Equal("my-adapters", store.Container.Name);
         Assert.Equal("pod-0", sp.GetRequiredService<AdapterStore>().WriterId);
         Assert.Equal(TimeSpan.FromMinutes(5), sp.GetRequiredService<IOptions<StorageOptions>>().Value.VersionClaimTimeout);
@@ -68,7 +68,7 @@ public sealed class StorageOptionsTests : IDisposable
             ["Eraser:Storage:ServiceUri"] = "https://account.blob.core.windows.net",
         });
         ValidateOnStart(sp);
-        var store = Assert.IsType<AzureBlobStore>(sp.GetRequiredService<IBlobStore>());
+        var store = Assert.IsType<AzureBlobStore>(Assert.IsType<EraserWorker.Storage.Security.CredentialFreeUriBlobStore>(sp.GetRequiredService<IBlobStore>()).Inner);
         Assert.Equal("https://account.blob.core.windows.net/eraser", store.Container.Uri.AbsoluteUri.TrimEnd('/'));
     }
 

@@ -49,7 +49,7 @@ public sealed class CompetingWorkersTests(ITestOutputHelper output)
         for (int v = 1; v <= n; v++)
         {
             var manifest = await bed.ManifestAsync(v);
-            Assert.Equal(v - 1, (int?)manifest["parentVersion"]);
+            Assert.Equal(v - 1, manifest.ParentVersion);
             var applied = WorkerTestBed.AppliedRequestIds(manifest);
             Assert.NotEmpty(applied);
             foreach (var id in applied)

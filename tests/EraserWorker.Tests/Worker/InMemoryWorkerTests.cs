@@ -2,6 +2,7 @@ using System.Diagnostics;
 using EraserWorker.Contracts;
 using EraserWorker.Demo;
 using EraserWorker.Hosting;
+using EraserWorker.Components.Messaging;
 using EraserWorker.Messaging;
 using EraserWorker.Storage;
 using EraserWorker.Tests.Infrastructure;
@@ -175,7 +176,7 @@ public sealed class InMemoryWorkerTests(ITestOutputHelper output) : IDisposable
             ["Eraser:Worker:MaxIterations"] = "40",
         });
         var harness = app.Services.GetRequiredService<ITestHarness>();
-        var rejected = app.Services.GetRequiredService<EraserWorker.Observability.EraserMetrics>().SolvesRejected.WithLabels("cg");
+        var rejected = app.Services.GetRequiredService<EraserWorker.Components.Observability.EraserMetrics>().SolvesRejected.WithLabels("cg");
         double rejectedBefore = rejected.Value;
 
         await harness.Bus.Publish(new UnlearningRequested("hard-1", bad, UnlearningTasks.Remove, [hard.Ids[1]]));
@@ -201,6 +202,53 @@ public sealed class InMemoryWorkerTests(ITestOutputHelper output) : IDisposable
         easy.AssertEqualsRetraining(WorkerTestBed.ModelFile(dir), easy.Retrain([easy.Ids[2], easy.Ids[5]]), "version 1 of the converging adapter");
         Assert.True(rejected.Value >= rejectedBefore + 1, "eraser_solves_rejected_total{solver=\"cg\"} counts the refused solve");
         Assert.DoesNotContain(harness.Published.Select<AdapterVersionPublished>(Snapshot), v => v.Context.Message.AdapterId == bad);
+    }
+
+    [Fact]
+    public async Task Requests_whose_batch_keeps_failing_are_answered_after_the_last_retry_not_left_waiting()
+    {
+        // Reading one adapter's head keeps failing: with an IOException (storage trouble, transient) for one adapter and with
+        // a NullReferenceException (a bug) for another. After Eraser:Worker:Retries retries the requests are answered —
+        // RetriesExhausted and InternalError — and nothing is written; a healthy adapter's request in the same batch completes
+        // exactly once.
+        var ridge = new RidgeOracle(seed: 24);
+        foreach (var id in new[] { "tenant-a/flaky", "tenant-a/buggy", AdapterId })
+        {
+            var (adapter, cache) = ridge.WriteFiles(_temp.Sub("source-" + id.Replace('/', '-')));
+            await TestStore().RegisterAsync(id, adapter, cache);
+        }
+        var failing = new FailingReadsBlobStore(new FileSystemBlobStore(StoreRoot), new Dictionary<string, Func<Exception>>
+        {
+            [BlobLayout.Head("tenant-a/flaky")] = () => new IOException("the disk is gone"),
+            [BlobLayout.Head("tenant-a/buggy")] = () => new NullReferenceException("a bug"),
+        });
+        await using var app = await StartHostAsync(services => services.AddSingleton<IBlobStore>(failing), settings: new Dictionary<string, string?>
+        {
+            ["Eraser:Worker:Retries"] = "2",
+            ["Eraser:Worker:RetryMaxInterval"] = "00:00:00.050",
+        });
+        var harness = app.Services.GetRequiredService<ITestHarness>();
+        failing.Armed = true;
+
+        // One batch with a failing and a healthy adapter: the healthy one is applied once, the other answered at the end.
+        await harness.Bus.Publish(new UnlearningRequested("flaky-1", "tenant-a/flaky", UnlearningTasks.Remove, [ridge.Ids[1]]));
+        await harness.Bus.Publish(new UnlearningRequested("healthy-1", AdapterId, UnlearningTasks.Remove, [ridge.Ids[1]]));
+        var exhausted = (await WaitPublishedAsync<UnlearningFailed>(harness, f => f.RequestId == "flaky-1", 1, "the failure of flaky-1")).Single();
+        var healthy = (await WaitCompletedAsync(harness, "healthy-1")).Single();
+        await harness.Bus.Publish(new UnlearningRequested("buggy-1", "tenant-a/buggy", UnlearningTasks.Remove, [ridge.Ids[1]]));
+        var internalError = (await WaitPublishedAsync<UnlearningFailed>(harness, f => f.RequestId == "buggy-1", 1, "the failure of buggy-1")).Single();
+
+        Assert.Equal(FailureCodes.RetriesExhausted, exhausted.Code);
+        Assert.Contains("the disk is gone", exhausted.Message);
+        Assert.Contains("resubmit later", exhausted.Message);
+        Assert.Equal(FailureCodes.InternalError, internalError.Code);
+        Assert.Equal(1, healthy.Version);
+        Assert.Single(harness.Published.Select<UnlearningCompleted>(Snapshot), c => c.Context.Message.RequestId == "healthy-1");
+        Assert.Equal(new[] { 0, 1 }, await TestStore().ListVersionsAsync(AdapterId));
+        Assert.True(failing.Failures >= 2 * 3, $"each batch is tried 1 + 2 times; reads failed {failing.Failures} times");
+        failing.Armed = false;
+        Assert.Equal(new[] { 0 }, await TestStore().ListVersionsAsync("tenant-a/flaky"));
+        Assert.Equal(new[] { 0 }, await TestStore().ListVersionsAsync("tenant-a/buggy"));
     }
 
     [Fact]
@@ -305,6 +353,34 @@ public sealed class InMemoryWorkerTests(ITestOutputHelper output) : IDisposable
     {
         lock (list)
             return list.Count;
+    }
+
+    /// <summary>A store whose downloads of some blobs throw, while <see cref="Armed"/>.</summary>
+    private sealed class FailingReadsBlobStore(IBlobStore inner, IReadOnlyDictionary<string, Func<Exception>> failures) : IBlobStore
+    {
+        private int _failures;
+
+        public bool Armed { get; set; }
+
+        public int Failures => Volatile.Read(ref _failures);
+
+        public Task<BlobDownload?> DownloadAsync(string name, Stream destination, CancellationToken cancellationToken = default)
+        {
+            if (Armed && failures.TryGetValue(name, out var failure))
+            {
+                Interlocked.Increment(ref _failures);
+                throw failure();
+            }
+            return inner.DownloadAsync(name, destination, cancellationToken);
+        }
+
+        public Task<string> UploadAsync(string name, Stream content, BlobCondition condition, CancellationToken cancellationToken = default) => inner.UploadAsync(name, content, condition, cancellationToken);
+        public Task InitializeAsync(CancellationToken cancellationToken = default) => inner.InitializeAsync(cancellationToken);
+        public Task<BlobItem?> GetPropertiesAsync(string name, CancellationToken cancellationToken = default) => inner.GetPropertiesAsync(name, cancellationToken);
+        public IAsyncEnumerable<string> ListAsync(string prefix, CancellationToken cancellationToken = default) => inner.ListAsync(prefix, cancellationToken);
+        public Task<bool> DeleteAsync(string name, CancellationToken cancellationToken = default) => inner.DeleteAsync(name, cancellationToken);
+        public Task<bool> IsReachableAsync(CancellationToken cancellationToken = default) => inner.IsReachableAsync(cancellationToken);
+        public string UriFor(string name) => inner.UriFor(name);
     }
 
     /// <summary>Simulates a second replica: before the worker's first conditional update of a head, it makes the very

@@ -1,6 +1,7 @@
 using System.Net;
 using System.Text;
 using EraserWorker.Contracts;
+using EraserWorker.Components.Messaging;
 using EraserWorker.Messaging;
 using EraserWorker.Storage;
 using EraserWorker.Tests.Infrastructure;
@@ -59,7 +60,7 @@ public sealed class RabbitMqWorkerTests(ITestOutputHelper output)
         Assert.Equal(WorkerTestBed.AdapterId, completed.AdapterId);
         Assert.Equal(1, completed.Version);
         Assert.Matches("^[0-9a-f]{64}$", completed.Sha256);
-        Assert.Contains(AdapterStore.VersionPrefix(WorkerTestBed.AdapterId, 1).TrimEnd('/'), completed.AdapterUri);
+        Assert.Contains(BlobLayout.Version(WorkerTestBed.AdapterId, 1).TrimEnd('/'), completed.AdapterUri);
         Assert.Contains(bed.Container.Name, completed.AdapterUri);
         Assert.Contains(completed.Solver.Name, new[] { "direct", "cg", "llmeraser" });
         Assert.True(completed.Solver.RelativeResidual < 1e-6, $"relative residual {completed.Solver.RelativeResidual:E2}");
@@ -310,8 +311,8 @@ public sealed class RabbitMqWorkerTests(ITestOutputHelper output)
 
         int last = completed.Max(c => c.Version);
         var manifest = await bed.ManifestAsync(last);
-        Assert.Equal(uri, (string?)manifest["edits"]?["replaced"]?[ridge.Ids[13]]);
-        Assert.Equal(uri, (string?)manifest["edits"]?["replaced"]?[ridge.Ids[14]]);
+        Assert.Equal(uri, manifest.Edits.Replaced[ridge.Ids[13]]);
+        Assert.Equal(uri, manifest.Edits.Replaced[ridge.Ids[14]]);
         ridge.AssertEqualsRetraining(WorkerTestBed.ModelFile(await bed.DownloadAsync(last)), ridge.Retrain([], corrections), $"version {last}");
     }
 }

@@ -1,3 +1,4 @@
+using EraserWorker.Components.Unlearning;
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using EraserWorker.Contracts;
@@ -103,7 +104,7 @@ public sealed class TextReplacementWorkerTests(TinyLlamaWorld world, ITestOutput
             new("s07", world.Samples[7].Prompt, " hello world"),
         ];
         var request = new UnlearningRequested("fix-1", AdapterId, UnlearningTasks.CorrectResponse, SampleIds(corrections), Replacements: corrections);
-        string expectedSet = RequestValidation.FormatReplacementsUri(AdapterId, Unlearning.TextReplacementSets.SetName(request));
+        string expectedSet = RequestValidation.FormatReplacementsUri(AdapterId, TextReplacementSets.SetName(request));
         // The first worker stays up until the end: MassTransit keeps the first bus's logger factory in a static log
         // context, so a bus created after that host is disposed would fail (a second host started while it runs is fine).
         await using var firstWorker = await StartHostAsync();
@@ -121,10 +122,10 @@ public sealed class TextReplacementWorkerTests(TinyLlamaWorld world, ITestOutput
         // The version records the stored set like an uploaded one.
         var store = TestStore();
         var manifest = (await store.ReadManifestAsync(AdapterId, 1))!;
-        var replaced = manifest["edits"]!["replaced"]!.AsObject();
+        var replaced = manifest.Edits.Replaced;
         Assert.Equal(["s03", "s07"], replaced.Select(p => p.Key).Order(StringComparer.Ordinal));
-        Assert.All(replaced, p => Assert.Equal(expectedSet, (string?)p.Value));
-        Assert.Equal(expectedSet, (string?)manifest["requests"]![0]!["replacementsUri"]);
+        Assert.All(replaced, p => Assert.Equal(expectedSet, p.Value));
+        Assert.Equal(expectedSet, manifest.Requests[0].ReplacementsUri);
 
         // Rows: the worker's set against the set `eraser cache build` writes for the same texts.
         string oracleSet = world.BuildReplacementSet(corrections, Path.Combine(_temp.Path, "oracle-set"));
@@ -241,7 +242,7 @@ public sealed class TextReplacementWorkerTests(TinyLlamaWorld world, ITestOutput
         Assert.Equal(1, (await CompletedAsync(harness, "good")).Version);
         var sets = new List<string>();
         foreach (var id in new[] { AdapterId, withoutModel })
-            await foreach (var name in store.Blobs.ListAsync(AdapterStore.AdapterPrefix(id) + "replacements/"))
+            await foreach (var name in store.Blobs.ListAsync(BlobLayout.Adapter(id) + "replacements/"))
                 sets.Add(name);
         Assert.Empty(sets);
     }

@@ -1,4 +1,3 @@
-using System.Text.Json.Nodes;
 using EraserWorker.Demo;
 using EraserWorker.Storage;
 using EraserWorker.Tests.Infrastructure;
@@ -69,9 +68,9 @@ public sealed class WorkerExitCodeTests(ITestOutputHelper output) : IDisposable
         for (int v = 1; v <= heads[2]; v++)
         {
             var manifest = await store.ReadManifestAsync(adapterId, v) ?? throw new Xunit.Sdk.XunitException($"no manifest for version {v}");
-            Assert.Equal(v - 1, (int)manifest["parentVersion"]!);
-            foreach (var request in (JsonArray)manifest["requests"]!)
-                Assert.True(applied.Add((string)request!["requestId"]!), $"request {request} applied twice");
+            Assert.Equal(v - 1, manifest.ParentVersion);
+            foreach (var request in manifest.Requests)
+                Assert.True(applied.Add(request.RequestId), $"request {request.RequestId} applied twice");
         }
         Assert.Equal(9, applied.Count);
     }

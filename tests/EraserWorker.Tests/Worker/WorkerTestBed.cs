@@ -138,14 +138,11 @@ public sealed class WorkerTestBed : IAsyncDisposable
     }
 
     /// <summary>The manifest of a version (must exist).</summary>
-    public async Task<JsonObject> ManifestAsync(int version, string adapterId = AdapterId) =>
+    public async Task<AdapterManifest> ManifestAsync(int version, string adapterId = AdapterId) =>
         await Store.ReadManifestAsync(adapterId, version) ?? throw new Xunit.Sdk.XunitException($"version {version} of {adapterId} has no manifest");
 
     /// <summary>The request ids a version's manifest says it applied first (<c>requests[].requestId</c>).</summary>
-    public static List<string> AppliedRequestIds(JsonObject manifest) =>
-        (manifest["requests"] as JsonArray ?? throw new Xunit.Sdk.XunitException($"manifest without 'requests': {manifest.ToJsonString()}"))
-        .Select(r => (string?)r?["requestId"] ?? throw new Xunit.Sdk.XunitException($"manifest request without requestId: {manifest.ToJsonString()}"))
-        .ToList();
+    public static List<string> AppliedRequestIds(AdapterManifest manifest) => manifest.Requests.Select(r => r.RequestId).ToList();
 
     public static string Sha256OfFile(string path)
     {
@@ -153,7 +150,7 @@ public sealed class WorkerTestBed : IAsyncDisposable
         return Convert.ToHexStringLower(SHA256.HashData(stream));
     }
 
-    public static string ModelFile(string versionDir) => Path.Combine(versionDir, AdapterStore.AdapterModelFileName);
+    public static string ModelFile(string versionDir) => Path.Combine(versionDir, StoredFileNames.AdapterWeights);
 
     /// <summary>Runs /usr/bin/python3 with a script (written to the temp folder) and arguments; returns standard output,
     /// fails with standard error on a non-zero exit or after 60 s.</summary>

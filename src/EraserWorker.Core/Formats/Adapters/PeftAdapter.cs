@@ -13,8 +13,8 @@ namespace EraserWorker.Core.Formats.Adapters;
 /// </summary>
 public sealed class PeftAdapter
 {
-    public const string ConfigFileName = "adapter_config.json";
-    public const string WeightsFileName = "adapter_model.safetensors";
+    public const string ConfigFileName = EraserWorker.Contracts.StoredFileNames.AdapterConfig;
+    public const string WeightsFileName = EraserWorker.Contracts.StoredFileNames.AdapterWeights;
 
     private const int ChunkBytes = 4 << 20;
     private readonly byte[] _configBytes;

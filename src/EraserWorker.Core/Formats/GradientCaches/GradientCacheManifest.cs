@@ -22,7 +22,7 @@ public sealed record ShardRef(string File, string Ids);
 public sealed class GradientCacheManifest
 {
     public const string FormatV1 = "eraser.gradcache/v1";
-    public const string FileName = "cache.json";
+    public const string FileName = EraserWorker.Contracts.StoredFileNames.CacheIndex;
 
     private static readonly HashSet<string> Reserved = new(StringComparer.Ordinal) { "format", "parameters", "l2", "shards" };
     private readonly JsonObject _extra;
