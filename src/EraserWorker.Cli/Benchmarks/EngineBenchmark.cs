@@ -40,7 +40,7 @@ public static class EngineBenchmark
                 System.IO.Directory.Delete(s.Directory, recursive: true);
             log.WriteLine($"generating n = {s.Samples:N0}, P = {s.Parameters:N0}, {s.DType}{(s.Curvature ? " with curvature rows" : "")} in {s.Directory} …");
             var watch = Stopwatch.StartNew();
-            SyntheticCache.Write(adapterDir, cacheDir, s.Samples, s.Parameters, s.DType, s.Curvature, log);
+            SyntheticCache.Write(adapterDir, cacheDir, s.Samples, SyntheticCache.Layout(null, s.Parameters), s.DType, s.Curvature, log);
             generateSeconds = watch.Elapsed.TotalSeconds;
         }
         long cacheBytes = new DirectoryInfo(cacheDir).EnumerateFiles().Sum(f => f.Length);

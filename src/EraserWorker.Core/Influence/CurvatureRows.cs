@@ -156,9 +156,20 @@ internal sealed class CurvatureRows : IDisposable
         return picked.to(ComputeType);
     }
 
-    /// <summary>‖cᵢ‖² for every row, float64 (one pass on first use, shared with <see cref="ColumnSquares"/>).</summary>
-    public double[] RowSquares(CancellationToken cancellation)
+    /// <summary>
+    /// ‖cᵢ‖² for every row, float64, fixed on first use: the Gram's diagonal when the Gram is at hand — or, for
+    /// streamed rows whose Gram fits the budget, about to be needed anyway (building it is one read of the rows,
+    /// like a dedicated pass) — else one pass shared with <see cref="ColumnSquares"/>.
+    /// </summary>
+    public double[] RowSquares(IProgress<EngineProgress>? progress, CancellationToken cancellation)
     {
+        if (_rowSquares is not null)
+            return _rowSquares;
+        if (_gram is not null || (Plan.Residency == RowResidency.Streamed && Plan.GramFits))
+        {
+            using var scope = torch.NewDisposeScope();
+            return _rowSquares = Gram(progress, cancellation).diagonal().cpu().data<double>().ToArray();
+        }
         EnsureSquares(cancellation);
         return _rowSquares!;
     }
@@ -172,7 +183,7 @@ internal sealed class CurvatureRows : IDisposable
 
     private void EnsureSquares(CancellationToken cancellation)
     {
-        if (_rowSquares is not null)
+        if (_columnSquares is not null)
             return;
         var rows = new double[Count];
         var columns = new double[Parameters];
@@ -191,7 +202,8 @@ internal sealed class CurvatureRows : IDisposable
             for (long j = 0; j < Parameters; j++)
                 columns[j] += sums[j];
         }, cancellation);
-        (_rowSquares, _columnSquares) = (rows, columns);
+        _rowSquares ??= rows; // once fixed, row squares never change: the same edits give the same damping
+        _columnSquares = columns;
     }
 
     /// <summary>

@@ -85,9 +85,9 @@ public sealed class InfluenceEngine : IDisposable
             var watch = Stopwatch.StartNew();
             using var scope = torch.NewDisposeScope();
             long p = Cache.ParameterCount;
-            var problem = Assemble(edits, replacementSets, solver, cancellation);
             int passes = _rows.Source.Passes;
             long bytesRead = _rows.Source.BytesRead;
+            var problem = Assemble(edits, replacementSets, solver, progress, cancellation);
             var summary = new EditSummary(edits.Removed.Count, edits.Replaced.Count, (int)problem.ActiveCount, p);
             if (edits.IsEmpty)
                 return new UnlearningUpdate((double[])Theta0.Clone(),
@@ -138,7 +138,7 @@ public sealed class InfluenceEngine : IDisposable
     }
 
     private EditedProblem Assemble(EditSet edits, Func<string, GradientCache>? replacementSets, SolverOptions solver,
-        CancellationToken cancellation)
+        IProgress<EngineProgress>? progress, CancellationToken cancellation)
     {
         long n = Cache.RowCount, p = Cache.ParameterCount;
         var b = new double[p];
@@ -177,18 +177,18 @@ public sealed class InfluenceEngine : IDisposable
             replacements = torch.tensor(flat, [replacementRows.Count, p], device: device).to(_rows.ComputeType);
         }
 
-        double damping = solver.Damping ?? DefaultDamping(keep, replacements, cancellation);
+        double damping = solver.Damping ?? DefaultDamping(keep, replacements, progress, cancellation);
         if (damping < 0 || !double.IsFinite(damping))
             throw new UnlearningException(UnlearningException.InvalidRequest, $"Damping must be a finite number ≥ 0 (got {damping}).");
         return new EditedProblem(_rows, keepTensor, replacements, torch.tensor(b, device: device), Cache.L2 + damping, damping, cancellation);
     }
 
     /// <summary>SPEC §1: 0 when l2 &gt; 0, else 0.1 × the mean eigenvalue of the edited data term, Σᵢ‖cᵢ‖²/P.</summary>
-    private double DefaultDamping(double[] keep, Tensor? replacements, CancellationToken cancellation)
+    private double DefaultDamping(double[] keep, Tensor? replacements, IProgress<EngineProgress>? progress, CancellationToken cancellation)
     {
         if (Cache.L2 > 0)
             return 0;
-        var squares = _rows.RowSquares(cancellation);
+        var squares = _rows.RowSquares(progress, cancellation);
         double trace = 0;
         for (int i = 0; i < keep.Length; i++)
             trace += squares[i] * keep[i];

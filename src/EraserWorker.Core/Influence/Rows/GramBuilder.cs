@@ -26,6 +26,7 @@ internal static class GramBuilder
             var blocks = new List<(long Start, long Size)>();
             for (long s = 0; s < n; s += Block)
                 blocks.Add((s, Math.Min(Block, n - s)));
+            progress?.Report(new EngineProgress("gram", 0, p));
             source.ForEachPanel((c0, panel) =>
             {
                 long width = panel.shape[1];
