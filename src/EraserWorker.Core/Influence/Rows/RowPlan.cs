@@ -31,8 +31,9 @@ public sealed record RowPlan(
 
     /// <summary>
     /// Chooses for n rows of P elements stored as <paramref name="storageDType"/>. Resident when the rows (in the
-    /// dtype they are held in), the Gram and one float64 Gram panel fit <see cref="ComputeOptions.MemoryBudgetBytes"/>;
-    /// otherwise streamed, with blocks and panels sized to what the budget leaves beside the Gram.
+    /// dtype they are held in), the Gram and one float64 column fit <see cref="ComputeOptions.MemoryBudgetBytes"/>
+    /// (what is left sizes the Gram panels); otherwise streamed, with blocks and panels sized to what the budget
+    /// leaves beside the Gram.
     /// </summary>
     public static RowPlan Choose(long n, long p, string storageDType, int storageElementSize, ComputeOptions options, bool deviceIsCpu)
     {
@@ -41,21 +42,18 @@ public sealed record RowPlan(
         // A GPU in Float64 precision holds float64, since its products run in the held dtype's arithmetic.
         bool wide = !deviceIsCpu && options.Precision == ComputePrecision.Float64;
         string hold = wide ? "F64" : storageDType;
-        long holdSize = wide ? 8 : storageElementSize;
-        long rowBytes = n * p * holdSize;
+        long rowBytes = n * p * (wide ? 8 : storageElementSize);
         long gram = n * n * 8;
-        long panelBytes = Math.Max(8 * n, Math.Min(MaxPanelBytes, Math.Max(0, budget - gram) / 4));
-        int panelColumns = (int)Math.Clamp(panelBytes / (8 * Math.Max(1, n)), 1, p);
-        int readPanelColumns = (int)Math.Min(p, 4L * panelColumns);
+        long column = 8 * Math.Max(1, n); // one column of the rows in float64: the smallest Gram panel
 
+        long residentLeft = budget - rowBytes - gram;
         RowResidency residency = options.Residency;
         string why;
-        long residentPeak = rowBytes + gram + panelBytes;
         if (residency == RowResidency.Auto)
         {
-            residency = residentPeak <= budget ? RowResidency.Resident : RowResidency.Streamed;
+            residency = residentLeft >= column ? RowResidency.Resident : RowResidency.Streamed;
             why = residency == RowResidency.Resident
-                ? $"rows {Size(rowBytes)} ({hold}) + Gram {Size(gram)} + panel {Size(panelBytes)} fit the {Size(budget)} budget"
+                ? $"rows {Size(rowBytes)} ({hold}) + Gram {Size(gram)} fit the {Size(budget)} budget"
                 : $"rows {Size(rowBytes)} ({hold}) + Gram {Size(gram)} exceed the {Size(budget)} budget";
         }
         else
@@ -64,30 +62,36 @@ public sealed record RowPlan(
         }
 
         long rowSize = p * storageElementSize;
-        int blockRows = 0;
-        long buffers = panelBytes;
-        if (residency == RowResidency.Streamed)
+        long panelBytes, buffers;
+        int panelColumns, readColumns, blockRows;
+        if (residency == RowResidency.Resident)
         {
-            // Two blocks (one being read while the other is used) in what the Gram and a panel leave of the budget.
-            long left = Math.Max(0, budget - gram - panelBytes);
-            blockRows = (int)Math.Clamp(left / (2 * Math.Max(1, rowSize)), 1, Math.Min(options.RowsPerChunk, Math.Max(1, MaxBlockBytes / Math.Max(1, rowSize))));
-            blockRows = (int)Math.Min(blockRows, Math.Max(1, n));
-            // A streamed Gram build holds two raw panels (one being read) beside the float64 one; they are four
-            // float64 panels wide, so that each row segment read is long.
-            long rawPanels = 2 * n * readPanelColumns * storageElementSize;
-            buffers = Math.Max(2L * blockRows * rowSize, panelBytes + rawPanels);
-            hold = storageDType;
-            why += $": streaming {blockRows}-row blocks ({Size(2L * blockRows * rowSize)} double-buffered) from the cache files";
+            panelBytes = Math.Clamp(residentLeft, column, MaxPanelBytes);
+            panelColumns = (int)Math.Clamp(panelBytes / column, 1, p);
+            readColumns = panelColumns;
+            blockRows = (int)Math.Clamp((64L << 20) / Math.Max(1, rowBytes / Math.Max(1, n)), 1, Math.Max(1, n));
+            buffers = panelBytes;
         }
         else
         {
-            blockRows = (int)Math.Clamp((64L << 20) / Math.Max(1, p * holdSize), 1, Math.Max(1, n));
+            // Passes and Gram builds never overlap: each may use what the Gram leaves of the budget. Passes hold two
+            // blocks (one being read while the other is used); a Gram build holds one float64 panel and two raw panels
+            // up to four times as wide, so that each row segment read is long.
+            long left = Math.Max(0, budget - gram);
+            panelBytes = Math.Clamp(left / 4, column, MaxPanelBytes);
+            panelColumns = (int)Math.Clamp(panelBytes / column, 1, p);
+            readColumns = (int)Math.Clamp(Math.Min(4L * panelColumns, left / 2 / (2 * Math.Max(1, n) * storageElementSize)), 1, p);
+            blockRows = (int)Math.Clamp(left / (2 * Math.Max(1, rowSize)), 1,
+                Math.Max(1, Math.Min(Math.Min(options.RowsPerChunk, n), MaxBlockBytes / Math.Max(1, rowSize))));
+            buffers = Math.Max(2L * blockRows * rowSize, panelColumns * column + 2L * n * readColumns * storageElementSize);
+            hold = storageDType;
+            why += $": streaming {blockRows}-row blocks ({Size(2L * blockRows * rowSize)} double-buffered) from the cache files";
         }
         long total = (residency == RowResidency.Resident ? rowBytes : 0) + gram + buffers;
         bool gramFits = total <= budget;
         if (!gramFits)
             why += $"; the Gram does not fit beside them ({Size(total)} > {Size(budget)}): auto solves with cg";
-        return new RowPlan(residency, hold, rowBytes, gram, buffers, blockRows, panelColumns, readPanelColumns, budget, gramFits, why);
+        return new RowPlan(residency, hold, rowBytes, gram, buffers, blockRows, panelColumns, readColumns, budget, gramFits, why);
     }
 
     internal static string Size(long bytes) => bytes switch
