@@ -319,8 +319,9 @@ internal static class RowKernels
             sumLow.CopyTo(low);
             sumHigh.CopyTo(high);
         }
+        // Row by row, as Axpy does: the sums do not depend on how rows were grouped.
         for (; j < acc.Length; j++)
-            acc[j] += k0 * r0[j] + k1 * r1[j] + k2 * r2[j] + k3 * r3[j];
+            acc[j] = acc[j] + k0 * r0[j] + k1 * r1[j] + k2 * r2[j] + k3 * r3[j];
     }
 
     private static double Dot(ReadOnlySpan<float> row, ReadOnlySpan<double> v)
