@@ -65,6 +65,14 @@ internal sealed class CurvatureRows : IDisposable
     {
         var plan = RowPlan.Choose(cache.RowCount, cache.ParameterCount, cache.StorageDType, cache.ElementSize, options,
             device.type == DeviceType.CPU);
+        return Load(cache, options, device, plan, progress, cancellation);
+    }
+
+    /// <summary>Loads with a given plan (tests use it to hold float64 rows on the CPU, which takes the tensor
+    /// products a GPU uses).</summary>
+    internal static CurvatureRows Load(GradientCache cache, ComputeOptions options, Device device, RowPlan plan,
+        IProgress<EngineProgress>? progress, CancellationToken cancellation)
+    {
         var memory = new MemoryLedger();
         RowSource source = plan.Residency == RowResidency.Resident
             ? ResidentRows.Load(cache, plan, device, memory, options.RowsPerChunk, progress, cancellation)
@@ -197,8 +205,8 @@ internal sealed class CurvatureRows : IDisposable
             using var scope = torch.NewDisposeScope();
             var b = block.to(ScalarType.Float64);
             var squared = b * b;
-            squared.sum(1).cpu().data<double>().CopyTo(rows, first);
-            var sums = squared.sum(0).cpu().data<double>().ToArray();
+            squared.sum(1, type: ScalarType.Float64).cpu().data<double>().CopyTo(rows, first);
+            var sums = squared.sum(0, type: ScalarType.Float64).cpu().data<double>().ToArray();
             for (long j = 0; j < Parameters; j++)
                 columns[j] += sums[j];
         }, cancellation);

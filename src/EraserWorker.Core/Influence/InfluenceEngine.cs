@@ -67,6 +67,19 @@ public sealed class InfluenceEngine : IDisposable
         return new InfluenceEngine(theta0, cache, rows, options, watch.Elapsed);
     }
 
+    /// <summary>As <see cref="Load(PeftAdapter, GradientCache, ComputeOptions, IProgress{EngineProgress}?, CancellationToken)"/>
+    /// with the rows' plan adjusted (tests: float64 rows on the CPU exercise the tensor products a GPU runs).</summary>
+    internal static InfluenceEngine Load(PeftAdapter adapter, GradientCache cache, ComputeOptions options, Func<RowPlan, RowPlan> adjust)
+    {
+        var watch = Stopwatch.StartNew();
+        var theta0 = adapter.ReadParameters(cache.Parameters);
+        var device = ComputeDevice.Resolve(options.Device);
+        var plan = adjust(RowPlan.Choose(cache.RowCount, cache.ParameterCount, cache.StorageDType, cache.ElementSize, options,
+            device.type == DeviceType.CPU));
+        var rows = CurvatureRows.Load(cache, options, device, plan, null, default);
+        return new InfluenceEngine(theta0, cache, rows, options, watch.Elapsed);
+    }
+
     /// <summary>Builds the Gram now (it is otherwise built by the first direct solve that needs it).</summary>
     public void Warm(IProgress<EngineProgress>? progress = null, CancellationToken cancellation = default)
     {

@@ -92,6 +92,36 @@ public sealed class OutOfCoreRowsTests(ITestOutputHelper output) : IDisposable
         Assert.True(Math.Abs(b.Report.RelativeResidual - dense) <= 1e-13 + 1e-3 * dense);
     }
 
+    [Theory]
+    [InlineData(ComputePrecision.Float64)]
+    [InlineData(ComputePrecision.Float32)]
+    public void Tensor_products_a_gpu_runs_give_the_kernels_solution(ComputePrecision precision)
+    {
+        // Rows held as float64 on the CPU take the tensor path (block.to(compute dtype), mv, float64 sums) that
+        // resident rows on a GPU take; loading them converts through a staging chunk as a GPU load does.
+        var problem = Woodbury(seed: 21);
+        problem.WriteAdapter(_temp.Sub("adapter"));
+        problem.WriteCache(_temp.Sub("cache"), "F16");
+        var (edits, corrections, replacements) = Edits(problem, "F16");
+        using var replacementSet = replacements;
+        var compute = new ComputeOptions { Device = "cpu", Precision = precision, PersistGram = false };
+        using var kernels = Open("cache", 1L << 30);
+        using var tensors = InfluenceEngine.Load(PeftAdapter.Open(_temp.Sub("adapter")), GradientCache.Open(_temp.Sub("cache")),
+            compute, plan => plan with { HoldDType = "F64", RowBytes = plan.RowBytes * 4 });
+        Assert.Equal("F64", tensors.RowPlan.HoldDType);
+        var truth = problem.Retrain(edits.Removed.ToHashSet(), corrections);
+        foreach (var kind in new[] { SolverKind.Direct, SolverKind.Cg })
+        {
+            var options = new SolverOptions { Solver = kind, Tolerance = precision == ComputePrecision.Float64 ? 1e-12 : 1e-6 };
+            var a = kernels.Compute(edits, _ => replacementSet, options);
+            var b = tensors.Compute(edits, _ => replacementSet, options);
+            double shift = Distance(truth, problem.Theta0);
+            output.WriteLine($"{precision} {kind}: kernels error {Distance(a.Theta, truth) / shift:E2}, tensors error {Distance(b.Theta, truth) / shift:E2}, residual {b.Report.RelativeResidual:E2}");
+            Assert.True(Distance(b.Theta, truth) / shift <= (precision == ComputePrecision.Float64 ? 1e-9 : 1e-5));
+            Assert.True(b.Report.RelativeResidual <= 10 * options.Tolerance!.Value);
+        }
+    }
+
     [Fact]
     public void Woodbury_residual_is_the_true_one_when_the_system_is_ill_conditioned()
     {
