@@ -138,7 +138,7 @@ public static class OutOfCoreBenchmark
             o.WriteLine($"  {step.Name}: {step.Note}");
         if (r.Steps.FirstOrDefault()?.GramSeconds is { } gram)
             o.WriteLine($"Cold first solve = Gram build {gram:F1} s + {(r.Steps[0].Seconds - gram) / pass:F2} passes");
-        o.WriteLine($"Peak RSS {(r.PeakReset ? "of the measured steps" : "of the process")}: {r.PeakRssBytes / 1e9:F2} GB = budget + {(r.PeakRssBytes - r.BudgetBytes) / 1e9:F2} GB");
+        o.WriteLine($"Peak RSS {(r.PeakReset ? "of the measured steps" : "of the process")}: {r.PeakRssBytes / 1e9:F2} GB against a budget of {r.BudgetBytes / 1e9:F2} GB ({(r.PeakRssBytes - r.BudgetBytes) / 1e9:+0.00;−0.00} GB)");
     }
 
     /// <summary>Reads every curvature row once (gradients when there are none) with the I/O pattern of a streamed pass:

@@ -92,6 +92,27 @@ public sealed class OutOfCoreRowsTests(ITestOutputHelper output) : IDisposable
         Assert.True(Math.Abs(b.Report.RelativeResidual - dense) <= 1e-13 + 1e-3 * dense);
     }
 
+    [Fact]
+    public void Streamed_rows_give_the_resident_solution_in_parameter_space()
+    {
+        // n = 60 > P = 20: the direct solver builds H' (P × P) from one pass over the row blocks.
+        var problem = new RidgeProblem(samples: 60, rank: 2, inFeatures: 6, outFeatures: 4, seed: 8);
+        problem.WriteAdapter(_temp.Sub("adapter"));
+        problem.WriteCache(_temp.Sub("cache"), "BF16", rowsPerShard: 9);
+        var (edits, corrections, replacements) = Edits(problem, "BF16");
+        using var replacementSet = replacements;
+        using var resident = Open("cache", 1L << 30);
+        using var streamed = Open("cache", 2 << 10, rowsPerChunk: 4);
+        Assert.Equal(RowResidency.Streamed, streamed.RowPlan.Residency);
+        var a = resident.Compute(edits, _ => replacementSet, new SolverOptions { Solver = SolverKind.Direct });
+        var b = streamed.Compute(edits, _ => replacementSet, new SolverOptions { Solver = SolverKind.Direct });
+        Assert.Equal("parameter-space", b.Report.Method);
+        var truth = problem.Retrain(edits.Removed.ToHashSet(), corrections);
+        double shift = Distance(truth, problem.Theta0);
+        Assert.True(Distance(a.Theta, b.Theta) / shift <= 1e-12);
+        Assert.True(Distance(b.Theta, truth) / shift <= 1e-9);
+    }
+
     [Theory]
     [InlineData(ComputePrecision.Float64)]
     [InlineData(ComputePrecision.Float32)]
