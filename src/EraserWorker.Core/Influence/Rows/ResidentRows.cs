@@ -7,17 +7,17 @@ namespace EraserWorker.Core.Influence.Rows;
 
 /// <summary>
 /// All rows on the compute device, read once at load straight into the tensor's memory in the storage dtype (no
-/// staging copy or conversion on the CPU) and fingerprinted on the way. Owns its tensor, outside any dispose scope.
+/// staging copy or conversion on the CPU). Their digest is computed from memory when first asked for (only the Gram's
+/// derived file needs it). Owns its tensor, outside any dispose scope.
 /// </summary>
 internal sealed class ResidentRows : RowSource
 {
     private readonly Tensor _rows;
 
-    private ResidentRows(GradientCache cache, RowPlan plan, Device device, MemoryLedger memory, Tensor rows, string digest)
+    private ResidentRows(GradientCache cache, RowPlan plan, Device device, MemoryLedger memory, Tensor rows)
         : base(cache, plan, device, memory)
     {
         _rows = rows;
-        Digest = digest;
     }
 
     public override ScalarType HoldType => _rows.dtype;
@@ -37,12 +37,11 @@ internal sealed class ResidentRows : RowSource
         try
         {
             var chunks = Ranges(n, chunkRows);
-            var digest = new RowsDigest(n, p, cache.StorageDType);
             long done = 0;
             int next = -1;
-            // Two readers overlap the positioned reads with fingerprinting; in place on the CPU, else through a
-            // storage-dtype staging chunk copied to the device (converting when the held dtype differs).
-            var readers = Enumerable.Range(0, 2).Select(_ => Task.Run(() =>
+            // A few reads in flight keep the disk busy; in place on the CPU, else through a storage-dtype staging chunk
+            // copied to the device (converting when the held dtype differs).
+            var readers = Enumerable.Range(0, Readers).Select(_ => Task.Run(() =>
             {
                 using var staging = inPlace ? null : torch.empty(chunkRows, p, dtype: storage);
                 using var lease = memory.Hold(inPlace ? 0 : chunkRows * cache.RowBytes);
@@ -51,10 +50,7 @@ internal sealed class ResidentRows : RowSource
                     cancellation.ThrowIfCancellationRequested();
                     var (first, count) = chunks[i];
                     using var target = (inPlace ? rows : staging!).narrow(0, inPlace ? first : 0, count);
-                    var bytes = target.bytes;
-                    cache.ReadRowsRaw(CacheMatrix.Curvature, first, count, bytes);
-                    for (int r = 0; r < count; r++)
-                        digest.Row(first + r, bytes.Slice((int)(r * cache.RowBytes), (int)cache.RowBytes));
+                    cache.ReadRowsRaw(CacheMatrix.Curvature, first, count, target.bytes);
                     if (!inPlace)
                     {
                         using var slot = rows.narrow(0, first, count);
@@ -65,7 +61,7 @@ internal sealed class ResidentRows : RowSource
             }, cancellation)).ToArray();
             // WhenAll(...).GetResult() rethrows the first failure itself (e.g. a non-finite row), not an AggregateException.
             Task.WhenAll(readers).GetAwaiter().GetResult();
-            var source = new ResidentRows(cache, plan, device, memory, rows, digest.Finish());
+            var source = new ResidentRows(cache, plan, device, memory, rows);
             source.CountRead(n * cache.RowBytes);
             return source;
         }
@@ -75,6 +71,30 @@ internal sealed class ResidentRows : RowSource
             memory.Release(plan.RowBytes);
             throw;
         }
+    }
+
+    /// <summary>Concurrent positioned reads while loading.</summary>
+    private const int Readers = 4;
+
+    public override string EnsureDigest(CancellationToken cancellation)
+    {
+        if (Digest is not null)
+            return Digest;
+        var digest = new RowsDigest(Count, Parameters, Cache.StorageDType);
+        long rowBytes = Cache.RowBytes;
+        // Hashed as stored: the storage dtype's bytes (a device copy is brought back row range by row range).
+        Parallel.ForEach(Ranges(Count, Plan.BlockRows), range =>
+        {
+            cancellation.ThrowIfCancellationRequested();
+            using var scope = torch.NewDisposeScope();
+            var block = _rows.narrow(0, range.First, range.Count);
+            if (block.dtype != StorageType || block.device_type != DeviceType.CPU)
+                block = block.to(StorageType).cpu();
+            var bytes = block.bytes;
+            for (int r = 0; r < range.Count; r++)
+                digest.Row(range.First + r, bytes.Slice((int)(r * rowBytes), (int)rowBytes));
+        });
+        return Digest = digest.Finish();
     }
 
     public override void ForEachBlock(Action<int, Tensor> visit, CancellationToken cancellation)

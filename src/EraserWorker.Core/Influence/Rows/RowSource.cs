@@ -62,7 +62,7 @@ internal abstract class RowSource : IDisposable
     public abstract Tensor RowsAt(long[] rows);
 
     /// <summary>The digest, reading the rows once if no complete read has computed it yet.</summary>
-    public string EnsureDigest(CancellationToken cancellation)
+    public virtual string EnsureDigest(CancellationToken cancellation)
     {
         if (Digest is null)
             ForEachBlock((_, _) => { }, cancellation);
