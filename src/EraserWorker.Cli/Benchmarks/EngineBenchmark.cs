@@ -71,9 +71,12 @@ public static class EngineBenchmark
         // Alternating pairs, median reported: on a shared machine single runs vary by tens of percent.
         var eraserRuns = new List<(double Seconds, long Peak, string Note)>();
         var numpyRuns = new List<(double Seconds, long Peak, string Note)>();
+        // `eraser unlearn` keeps the Gram it builds beside the cache; every cold run must build its own.
+        string derived = Path.Combine(cacheDir, "derived");
         for (int run = 0; run < s.ColdRuns; run++)
         {
             DeleteIfExists(ours);
+            DeleteIfExists(derived);
             var (eraserSeconds, eraserOutput) = await RunChildAsync(EraserCommand(
                 ["unlearn", "--adapter", adapterDir, "--cache", cacheDir, "--remove-file", removeFile, "--out", ours, "--json"]), cancellation);
             using (var doc = JsonDocument.Parse(eraserOutput))
@@ -97,7 +100,9 @@ public static class EngineBenchmark
             difference = RelativeDifference(adapterDir, parameters, ours, theirs);
         }
         var watchLoad = Stopwatch.StartNew();
-        using var engine = InfluenceEngine.Load(PeftAdapter.Open(adapterDir), GradientCache.Open(cacheDir), new ComputeOptions { Device = "auto" });
+        DeleteIfExists(derived);
+        using var engine = InfluenceEngine.Load(PeftAdapter.Open(adapterDir), GradientCache.Open(cacheDir),
+            new ComputeOptions { Device = "auto", PersistGram = false });
         double load = watchLoad.Elapsed.TotalSeconds;
         var watchGram = Stopwatch.StartNew();
         engine.Warm(null, cancellation);
