@@ -40,7 +40,7 @@ public static class EngineBenchmark
                 System.IO.Directory.Delete(s.Directory, recursive: true);
             log.WriteLine($"generating n = {s.Samples:N0}, P = {s.Parameters:N0}, {s.DType}{(s.Curvature ? " with curvature rows" : "")} in {s.Directory} …");
             var watch = Stopwatch.StartNew();
-            SyntheticCache.Write(adapterDir, cacheDir, s.Samples, s.Parameters, s.DType, s.Curvature, log);
+            SyntheticCache.Write(adapterDir, cacheDir, s.Samples, SyntheticCache.Layout(null, s.Parameters), s.DType, s.Curvature, log);
             generateSeconds = watch.Elapsed.TotalSeconds;
         }
         long cacheBytes = new DirectoryInfo(cacheDir).EnumerateFiles().Sum(f => f.Length);
@@ -71,9 +71,12 @@ public static class EngineBenchmark
         // Alternating pairs, median reported: on a shared machine single runs vary by tens of percent.
         var eraserRuns = new List<(double Seconds, long Peak, string Note)>();
         var numpyRuns = new List<(double Seconds, long Peak, string Note)>();
+        // `eraser unlearn` keeps the Gram it builds beside the cache; every cold run must build its own.
+        string derived = Path.Combine(cacheDir, "derived");
         for (int run = 0; run < s.ColdRuns; run++)
         {
             DeleteIfExists(ours);
+            DeleteIfExists(derived);
             var (eraserSeconds, eraserOutput) = await RunChildAsync(EraserCommand(
                 ["unlearn", "--adapter", adapterDir, "--cache", cacheDir, "--remove-file", removeFile, "--out", ours, "--json"]), cancellation);
             using (var doc = JsonDocument.Parse(eraserOutput))
@@ -97,7 +100,9 @@ public static class EngineBenchmark
             difference = RelativeDifference(adapterDir, parameters, ours, theirs);
         }
         var watchLoad = Stopwatch.StartNew();
-        using var engine = InfluenceEngine.Load(PeftAdapter.Open(adapterDir), GradientCache.Open(cacheDir), new ComputeOptions { Device = "auto" });
+        DeleteIfExists(derived);
+        using var engine = InfluenceEngine.Load(PeftAdapter.Open(adapterDir), GradientCache.Open(cacheDir),
+            new ComputeOptions { Device = "auto", PersistGram = false });
         double load = watchLoad.Elapsed.TotalSeconds;
         var watchGram = Stopwatch.StartNew();
         engine.Warm(null, cancellation);

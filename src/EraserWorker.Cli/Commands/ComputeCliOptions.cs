@@ -14,7 +14,8 @@ internal sealed class ComputeCliOptions
         Description = $"Relative residual ‖H'x − b‖/‖b‖ a solve must reach, in (0, 1); a solve above it writes nothing (default {SolverOptions.DefaultFloat32Tolerance:G1} in Float32, {SolverOptions.DefaultFloat64Tolerance:G1} in Float64).",
     };
     private readonly Option<int> _maxIterations = new("--max-iterations") { Description = "Iteration cap of cg (≥ 1).", DefaultValueFactory = _ => 2000 };
-    private readonly Option<long> _memoryBudget = new("--memory-budget-mb") { Description = "Dense-matrix budget of the auto solver, MiB.", DefaultValueFactory = _ => 4096 };
+    private readonly Option<long> _memoryBudget = new("--memory-budget-mb") { Description = "Memory for the curvature rows, the Gram and read buffers, MiB: rows that do not fit are streamed from the cache files.", DefaultValueFactory = _ => 4096 };
+    private readonly Option<RowResidency> _residency = new("--residency") { Description = "Auto (by the budget), Resident or Streamed." };
     private readonly Option<double> _lr = new("--llmeraser-lr") { Description = "llmeraser: Adam learning rate (x_lr).", DefaultValueFactory = _ => new LlmEraserOptions().LearningRate };
     private readonly Option<double> _init = new("--llmeraser-init") { Description = "llmeraser: initial value of every component (x_init).", DefaultValueFactory = _ => new LlmEraserOptions().InitialValue };
     private readonly Option<double> _decay = new("--llmeraser-weight-decay") { Description = "llmeraser: regularisation (x_adjust).", DefaultValueFactory = _ => new LlmEraserOptions().WeightDecay };
@@ -23,7 +24,7 @@ internal sealed class ComputeCliOptions
 
     public void AddTo(Command command)
     {
-        foreach (var option in new Option[] { _device, _precision, _tolerance, _maxIterations, _memoryBudget, _lr, _init, _decay, _iterations, _batch })
+        foreach (var option in new Option[] { _device, _precision, _tolerance, _maxIterations, _memoryBudget, _residency, _lr, _init, _decay, _iterations, _batch })
             command.Options.Add(option);
     }
 
@@ -32,6 +33,7 @@ internal sealed class ComputeCliOptions
         Device = parse.GetValue(_device)!,
         Precision = parse.GetValue(_precision),
         MemoryBudgetBytes = Math.Clamp(parse.GetValue(_memoryBudget), 0, long.MaxValue >> 20) << 20,
+        Residency = parse.GetValue(_residency),
     };
 
     /// <summary>
@@ -65,6 +67,7 @@ internal sealed class ComputeCliOptions
         nameof(ComputeOptions.Device) => "--device",
         nameof(ComputeOptions.Precision) => "--precision",
         nameof(ComputeOptions.MemoryBudgetBytes) => "--memory-budget-mb",
+        nameof(ComputeOptions.Residency) => "--residency",
         _ => setting,
     };
 

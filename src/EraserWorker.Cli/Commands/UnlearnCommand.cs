@@ -48,7 +48,10 @@ public static class UnlearnCommand
             var result = new UnlearnResult(job.OutputDirectory, update.Report.Solver, update.Report.Method,
                 update.Report.Iterations, update.Report.RelativeResidual, update.UpdateNorm, update.Report.Damping,
                 update.Report.Lambda, update.Report.Seconds, watch.Elapsed.TotalSeconds, update.Edits.Removed,
-                update.Edits.Replaced, update.Edits.Active, update.Edits.Parameters, ProcessMemory.PeakBytes());
+                update.Edits.Replaced, update.Edits.Active, update.Edits.Parameters, ProcessMemory.PeakBytes())
+            {
+                Rows = update.Report.Rows,
+            };
             if (parse.GetValue(json))
                 stdout.WriteLine(JsonSerializer.Serialize(result, CliJson.Options));
             else
@@ -81,6 +84,8 @@ public static class UnlearnCommand
         stdout.WriteLine($"  residual   ‖H'x − b‖/‖b‖ = {r.RelativeResidual:E2}");
         stdout.WriteLine($"  damping    δ = {r.Damping:G4}, λ = l2 + δ = {r.Lambda:G4}");
         stdout.WriteLine($"  update     ‖θ' − θ₀‖ = {r.UpdateNorm:G6}");
+        if (r.Rows is { } rows)
+            stdout.WriteLine($"  rows       {rows.Residency} {rows.DType}, {rows.Passes} pass(es): {rows.Reason}");
         stdout.WriteLine($"  total      {r.Seconds:F2} s, peak memory {r.PeakMemoryBytes / 1048576.0:N0} MiB");
     }
 }
@@ -88,4 +93,8 @@ public static class UnlearnCommand
 public sealed record UnlearnResult(
     string Output, string Solver, string Method, int Iterations, double RelativeResidual, double UpdateNorm,
     double Damping, double Lambda, double SolveSeconds, double Seconds, int Removed, int Replaced, int Active,
-    long Parameters, long PeakMemoryBytes);
+    long Parameters, long PeakMemoryBytes)
+{
+    /// <summary>How the curvature rows were held (resident or streamed) and why; null when nothing was solved.</summary>
+    public RowsReport? Rows { get; init; }
+}

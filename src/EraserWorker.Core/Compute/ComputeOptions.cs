@@ -13,6 +13,19 @@ public enum ComputePrecision
     Float64,
 }
 
+/// <summary>Where the curvature rows are held between solves.</summary>
+public enum RowResidency
+{
+    /// <summary>Resident when rows, Gram and buffers fit the memory budget, else streamed; the engine says why.</summary>
+    Auto,
+
+    /// <summary>All rows on the compute device, in the cache's storage dtype (float64 on a GPU in Float64 precision).</summary>
+    Resident,
+
+    /// <summary>Rows read from the cache files for every product, in double-buffered blocks (reads overlap compute).</summary>
+    Streamed,
+}
+
 /// <summary>Where and how the influence update is computed (configuration section <c>Eraser:Compute</c>).</summary>
 public sealed partial class ComputeOptions
 {
@@ -29,11 +42,23 @@ public sealed partial class ComputeOptions
     /// <summary>Smallest <see cref="MemoryBudgetBytes"/> accepted: 1 MiB.</summary>
     public const long MinMemoryBudgetBytes = 1L << 20;
 
-    /// <summary>Memory the <c>auto</c> solver may spend on dense matrices (Gram or P×P), in bytes.</summary>
+    /// <summary>
+    /// Memory one warm adapter may hold on the compute device, in bytes: its curvature rows when resident, the
+    /// float64 Gram, and the read buffers (double-buffered row blocks, Gram panels). Decides <see cref="Residency"/>
+    /// <c>Auto</c>, and whether the <c>auto</c> solver may use the dense direct solver.
+    /// </summary>
     public long MemoryBudgetBytes { get; set; } = 4L << 30;
 
-    /// <summary>Rows read from the cache per streamed chunk.</summary>
+    /// <summary>Most rows read from the cache per chunk (resident loading) or per streamed block.</summary>
     public int RowsPerChunk { get; set; } = 256;
+
+    /// <summary>Where the curvature rows live between solves: <c>Auto</c> (resident when rows, Gram and buffers fit
+    /// <see cref="MemoryBudgetBytes"/>, else streamed), <c>Resident</c> or <c>Streamed</c>.</summary>
+    public RowResidency Residency { get; set; } = RowResidency.Auto;
+
+    /// <summary>Keep the Gram as a derived, checksummed file in the cache folder (<c>derived/gram.safetensors</c>) and
+    /// reuse it when it matches the rows, so that a restarted worker does not rebuild it.</summary>
+    public bool PersistGram { get; set; } = true;
 
     [GeneratedRegex("^(auto|cpu|cuda(:[0-9]+)?)$", RegexOptions.CultureInvariant)]
     private static partial Regex DevicePattern();
@@ -51,6 +76,8 @@ public sealed partial class ComputeOptions
             problems.Add($"{nameOf(nameof(Device))} must be {DeviceNames} (got '{Device}').");
         if (!Enum.IsDefined(Precision))
             problems.Add($"{nameOf(nameof(Precision))} must be Float32 or Float64 (got {Precision}).");
+        if (!Enum.IsDefined(Residency))
+            problems.Add($"{nameOf(nameof(Residency))} must be Auto, Resident or Streamed (got {Residency}).");
         if (MemoryBudgetBytes < MinMemoryBudgetBytes)
             problems.Add($"{nameOf(nameof(MemoryBudgetBytes))} must be at least {MinMemoryBudgetBytes.ToString(CultureInfo.InvariantCulture)} bytes (1 MiB) (got {MemoryBudgetBytes.ToString(CultureInfo.InvariantCulture)}).");
         if (RowsPerChunk is < 1 or > 1 << 20)

@@ -8,11 +8,12 @@ namespace EraserWorker.Core.Influence;
 /// One edited system H'x = b (SPEC §1) over the warm curvature rows, without copying them: excluded rows
 /// (removed or replaced) are masked out of every product, replacement rows are held separately.
 /// D_A denotes the stacked active rows followed by the replacement rows. Vectors are float64.
-/// All tensors belong to the caller's dispose scope.
+/// All tensors belong to the caller's dispose scope. Each product over the rows is one pass (resident or streamed).
 /// </summary>
 internal sealed class EditedProblem
 {
-    public EditedProblem(CurvatureRows rows, Tensor keep, Tensor? replacementRows, Tensor b, double lambda, double damping)
+    public EditedProblem(CurvatureRows rows, Tensor keep, Tensor? replacementRows, Tensor b, double lambda, double damping,
+        CancellationToken cancellation = default)
     {
         Rows = rows;
         Keep = keep;
@@ -20,23 +21,25 @@ internal sealed class EditedProblem
         B = b;
         Lambda = lambda;
         Damping = damping;
-        ActiveIndices = keep.nonzero().flatten();
-        _precise = PreciseProducts.Supports(rows.Rows);
-        KeepValues = _precise ? keep.data<double>().ToArray() : [];
+        Cancellation = cancellation;
+        KeepValues = keep.cpu().data<double>().ToArray();
+        ActiveRows = Enumerable.Range(0, KeepValues.Length).Where(i => KeepValues[i] != 0).Select(i => (long)i).ToArray();
+        ActiveIndices = torch.tensor(ActiveRows, device: keep.device);
     }
-
-    private readonly bool _precise;
-
-    /// <summary><see cref="Keep"/> as an array, for the CPU kernels.</summary>
-    private double[] KeepValues { get; }
 
     public CurvatureRows Rows { get; }
 
     /// <summary>1 for active rows, 0 for removed or replaced ones (float64, length n).</summary>
     public Tensor Keep { get; }
 
+    /// <summary><see cref="Keep"/> as an array.</summary>
+    public double[] KeepValues { get; }
+
     /// <summary>Indices of the active rows (int64).</summary>
     public Tensor ActiveIndices { get; }
+
+    /// <summary><see cref="ActiveIndices"/> as an array.</summary>
+    public long[] ActiveRows { get; }
 
     /// <summary>c'ᵢ of the replaced samples (m' × P, compute dtype), or null.</summary>
     public Tensor? ReplacementRows { get; }
@@ -47,7 +50,9 @@ internal sealed class EditedProblem
 
     public double Damping { get; }
 
-    public long ActiveCount => ActiveIndices.shape[0];
+    public CancellationToken Cancellation { get; }
+
+    public long ActiveCount => ActiveRows.Length;
 
     public long ReplacementCount => ReplacementRows?.shape[0] ?? 0;
 
@@ -56,15 +61,16 @@ internal sealed class EditedProblem
 
     public long Parameters => Rows.Parameters;
 
-    /// <summary>D_A v, returned in the full layout: n entries (zeros at excluded rows) then m' entries. On CPU float32
-    /// rows the products and sums are float64 (PreciseProducts), which is also faster there than BLAS gemv.</summary>
+    /// <summary>Whether <see cref="Hessian"/> already has float64 products (then it is the precise one).</summary>
+    public bool PreciseProducts => Rows.PreciseProducts;
+
+    /// <summary>D_A v, returned in the full layout: n entries (zeros at excluded rows) then m' entries.</summary>
     public Tensor Forward(Tensor v)
     {
-        Tensor active;
-        if (_precise)
-            active = torch.tensor(PreciseProducts.Project(Rows.Rows, KeepValues, v.cpu().data<double>().ToArray()), device: v.device);
-        else
-            active = Rows.Rows.mv(v.to(Rows.DType)).to(ScalarType.Float64) * Keep;
+        var dots = Rows.Project([Array(v)], Cancellation)[0];
+        for (int i = 0; i < dots.Length; i++)
+            dots[i] *= KeepValues[i];
+        var active = torch.tensor(dots, device: v.device);
         return ReplacementRows is null ? active : torch.cat([active, ReplacementRows.to(ScalarType.Float64).mv(v)]);
     }
 
@@ -72,52 +78,27 @@ internal sealed class EditedProblem
     public Tensor Backward(Tensor y)
     {
         long n = Rows.Count;
-        var ya = y.narrow(0, 0, n) * Keep;
-        var result = _precise
-            ? torch.tensor(PreciseProducts.Combine(Rows.Rows, ya.cpu().data<double>().ToArray()), device: y.device)
-            : Rows.Rows.t().mv(ya.to(Rows.DType)).to(ScalarType.Float64);
+        var ya = Array(y.narrow(0, 0, n) * Keep);
+        var result = torch.tensor(Rows.Combine([ya], Cancellation)[0], device: y.device);
         if (ReplacementRows is not null)
             result = result.Plus(ReplacementRows.to(ScalarType.Float64).t().mv(y.narrow(0, n, ReplacementCount)));
         return result;
     }
 
-    /// <summary>H'v = D_Aᵀ D_A v + λv (one fused pass over the rows where the precise kernels apply).</summary>
-    public Tensor Hessian(Tensor v) => _precise ? HessianPrecise(v) : Backward(Forward(v)).Plus(v.Times(Lambda));
+    /// <summary>H'v = D_Aᵀ D_A v + λv, one fused pass over the rows (float64 products on the CPU).</summary>
+    public Tensor Hessian(Tensor v) => Apply(v, precise: false);
 
-    /// <summary>
-    /// H'v with every product in float64, one pass over the rows (each block upcast once and used for both
-    /// D_A v and D_Aᵀ(·)). Residuals use it, so what is reported — and what refinement corrects — is not the
-    /// float32 products' own rounding.
-    /// </summary>
-    public Tensor HessianPrecise(Tensor v)
+    /// <summary>H'v with every product in float64, one pass. Residuals use it, so what is reported — and what
+    /// refinement corrects — is not float32 products' own rounding.</summary>
+    public Tensor HessianPrecise(Tensor v) => Apply(v, precise: true);
+
+    private Tensor Apply(Tensor v, bool precise)
     {
-        if (Rows.DType == ScalarType.Float64)
-            return Hessian(v);
-        if (PreciseProducts.Supports(Rows.Rows))
-        {
-            var dataTerm = PreciseProducts.DataTerm(Rows.Rows, KeepValues, v.cpu().data<double>().ToArray());
-            var precise = torch.tensor(dataTerm, device: v.device).Plus(v.Times(Lambda));
-            if (ReplacementRows is not null)
-            {
-                var rep64 = ReplacementRows.to(ScalarType.Float64);
-                precise.AddInPlace(rep64.t().mv(rep64.mv(v)));
-            }
-            return precise;
-        }
-        var result = v.Times(Lambda);
-        long n = Rows.Count, step = Math.Max(1, (8L << 20) / Math.Max(1, Parameters));
-        for (long first = 0; first < n; first += step)
-        {
-            using var scope = torch.NewDisposeScope();
-            long count = Math.Min(step, n - first);
-            var block = Rows.Rows.narrow(0, first, count).to(ScalarType.Float64);
-            var projected = block.mv(v) * Keep.narrow(0, first, count);
-            result.AddInPlace(block.t().mv(projected));
-        }
+        var result = torch.tensor(Rows.DataTerm(KeepValues, Array(v), precise, Cancellation), device: v.device).Plus(v.Times(Lambda));
         if (ReplacementRows is not null)
         {
-            var rep = ReplacementRows.to(ScalarType.Float64);
-            result.AddInPlace(rep.t().mv(rep.mv(v)));
+            var rep = precise || PreciseProducts ? ReplacementRows.to(ScalarType.Float64) : ReplacementRows;
+            result.AddInPlace(rep.t().mv(rep.mv(v.to(rep.dtype))).to(ScalarType.Float64));
         }
         return result;
     }
@@ -136,11 +117,11 @@ internal sealed class EditedProblem
     /// <summary>The diagonal of H' (Jacobi preconditioner).</summary>
     public Tensor Diagonal()
     {
-        var diag = Rows.ColumnSquares().clone();
-        var excluded = Keep.EqualTo(0).nonzero().flatten();
-        if (excluded.shape[0] > 0)
+        var diag = torch.tensor(Rows.ColumnSquares(Cancellation), device: B.device);
+        var excluded = Enumerable.Range(0, KeepValues.Length).Where(i => KeepValues[i] == 0).Select(i => (long)i).ToArray();
+        if (excluded.Length > 0)
         {
-            var rows = Rows.Rows.index_select(0, excluded).to(ScalarType.Float64);
+            var rows = Rows.RowsAt(excluded).to(ScalarType.Float64);
             diag -= (rows * rows).sum(0);
         }
         if (ReplacementRows is not null)
@@ -151,15 +132,19 @@ internal sealed class EditedProblem
         return diag.ClampMin(0).Plus(Lambda);
     }
 
-    /// <summary>Picks rows of D_A (indices into the stacked active + replacement list) as a dense block.</summary>
+    /// <summary>Picks rows of D_A (indices into the stacked active + replacement list) as a dense block, compute dtype.</summary>
     public Tensor SystemRowsAt(Tensor systemIndices)
     {
-        var isActive = systemIndices.LessThan(ActiveCount);
-        var activePart = systemIndices.masked_select(isActive);
-        var block = Rows.Rows.index_select(0, ActiveIndices.index_select(0, activePart));
+        var picked = systemIndices.cpu().data<long>().ToArray();
+        var activePicked = picked.Where(i => i < ActiveCount).Select(i => ActiveRows[i]).ToArray();
+        var block = activePicked.Length > 0
+            ? Rows.RowsAt(activePicked)
+            : torch.empty(0, Parameters, dtype: Rows.ComputeType, device: Rows.Device);
         if (ReplacementRows is null)
             return block;
-        var replacementPart = systemIndices.masked_select(isActive.logical_not()).Minus(ActiveCount);
+        var replacementPart = systemIndices.masked_select(systemIndices.GreaterOrEqual(ActiveCount)).Minus(ActiveCount);
         return torch.cat([block, ReplacementRows.index_select(0, replacementPart)]);
     }
+
+    private static double[] Array(Tensor v) => v.cpu().data<double>().ToArray();
 }

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using EraserWorker.Core.Compute;
 using EraserWorker.Core.Formats.Adapters;
 using EraserWorker.Core.Formats.GradientCaches;
+using EraserWorker.Core.Influence.Rows;
 using EraserWorker.Core.Influence.Solvers;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -11,8 +12,9 @@ namespace EraserWorker.Core.Influence;
 
 /// <summary>
 /// The influence-function update of one base adapter against its gradient cache (SPEC §1), kept warm:
-/// the curvature rows live on the compute device between calls, and the Gram matrix, once built, serves
-/// every later direct solve. Each <see cref="Compute"/> starts from the base θ₀ with the full cumulative
+/// the curvature rows live on the compute device between calls — or, when they do not fit
+/// <see cref="ComputeOptions.MemoryBudgetBytes"/>, are streamed from the cache files for every product — and the
+/// Gram matrix, once built (or loaded from its derived file beside the cache), serves every later direct solve. Each <see cref="Compute"/> starts from the base θ₀ with the full cumulative
 /// edit set, so the result depends on nothing but (base, cache, edits). Calls are serialised.
 /// </summary>
 public sealed class InfluenceEngine : IDisposable
@@ -42,10 +44,17 @@ public sealed class InfluenceEngine : IDisposable
 
     public string DeviceName => _rows.Device.ToString();
 
-    /// <summary>Bytes of device memory the warm state holds (rows and, once built, the Gram).</summary>
+    /// <summary>Bytes of device memory the warm state holds (resident rows and, once built, the Gram).</summary>
     public long BytesHeld => _rows.BytesHeld;
 
-    /// <summary>Reads θ₀ from the adapter and streams the cache's curvature rows onto the device.
+    /// <summary>How the rows are held (resident or streamed), in which dtype, the memory accounted for, and why.</summary>
+    public RowPlan RowPlan => _rows.Plan;
+
+    /// <summary>Where the Gram came from: built (and saved), loaded from its derived file, or why not.</summary>
+    public string GramStatus => _rows.GramStatus;
+
+    /// <summary>Reads θ₀ from the adapter and plans the rows: resident ones are read onto the device now, streamed
+    /// ones are read by every pass.
     /// The engine takes ownership of <paramref name="cache"/>.</summary>
     public static InfluenceEngine Load(PeftAdapter adapter, GradientCache cache, ComputeOptions options,
         IProgress<EngineProgress>? progress = null, CancellationToken cancellation = default)
@@ -54,6 +63,19 @@ public sealed class InfluenceEngine : IDisposable
         var theta0 = InputValidation.AdapterMatchesCache(adapter, cache);
         var device = ComputeDevice.Resolve(options.Device);
         var rows = CurvatureRows.Load(cache, options, device, progress, cancellation);
+        return new InfluenceEngine(theta0, cache, rows, options, watch.Elapsed);
+    }
+
+    /// <summary>As <see cref="Load(PeftAdapter, GradientCache, ComputeOptions, IProgress{EngineProgress}?, CancellationToken)"/>
+    /// with the rows' plan adjusted (tests: float64 rows on the CPU exercise the tensor products a GPU runs).</summary>
+    internal static InfluenceEngine Load(PeftAdapter adapter, GradientCache cache, ComputeOptions options, Func<RowPlan, RowPlan> adjust)
+    {
+        var watch = Stopwatch.StartNew();
+        var theta0 = InputValidation.AdapterMatchesCache(adapter, cache);
+        var device = ComputeDevice.Resolve(options.Device);
+        var plan = adjust(RowPlan.Choose(cache.RowCount, cache.ParameterCount, cache.StorageDType, cache.ElementSize, options,
+            device.type == DeviceType.CPU));
+        var rows = CurvatureRows.Load(cache, options, device, plan, null, default);
         return new InfluenceEngine(theta0, cache, rows, options, watch.Elapsed);
     }
 
@@ -77,7 +99,9 @@ public sealed class InfluenceEngine : IDisposable
             var watch = Stopwatch.StartNew();
             using var scope = torch.NewDisposeScope();
             long p = Cache.ParameterCount;
-            var problem = Assemble(edits, replacementSets, solver);
+            int passes = _rows.Source.Passes;
+            long bytesRead = _rows.Source.BytesRead;
+            var problem = Assemble(edits, replacementSets, solver, progress, cancellation);
             var summary = new EditSummary(edits.Removed.Count, edits.Replaced.Count, (int)problem.ActiveCount, p);
             if (edits.IsEmpty)
                 return new UnlearningUpdate((double[])Theta0.Clone(),
@@ -103,7 +127,10 @@ public sealed class InfluenceEngine : IDisposable
                 norm += delta[i] * delta[i];
             }
             var report = new SolverReport(SolverOptions.Name(kind), outcome.Method, outcome.Iterations,
-                watch.Elapsed.TotalSeconds, residual, problem.Damping, problem.Lambda);
+                watch.Elapsed.TotalSeconds, residual, problem.Damping, problem.Lambda)
+            {
+                Rows = RowsReport(_rows.Source.Passes - passes, _rows.Source.BytesRead - bytesRead),
+            };
             SolveAcceptance.Ensure(report, tolerance, delta.All(double.IsFinite), Math.Sqrt(norm), summary.Removed + summary.Replaced,
                 solver.RequireConvergence);
             return new UnlearningUpdate(theta, report, Math.Sqrt(norm), summary);
@@ -116,14 +143,15 @@ public sealed class InfluenceEngine : IDisposable
             return requested;
         if (!(problem.Lambda > 0))
             return SolverKind.Cg;
-        // The warm Gram makes Woodbury cheap; otherwise direct only while its dense matrix fits the budget.
-        bool gramReady = !DirectSolver.UsesParameterSpace(problem) && _rows.HasGram;
-        return gramReady || DirectSolver.DenseBytes(problem) + (long)_rows.Count * _rows.Count * 8 <= _options.MemoryBudgetBytes
-            ? SolverKind.Direct
-            : SolverKind.Cg;
+        // Woodbury needs the Gram, which the plan admits only when it fits the budget beside the rows and buffers;
+        // parameter space needs its P × P matrix beside what the rows hold.
+        if (!DirectSolver.UsesParameterSpace(problem))
+            return _rows.HasGram || _rows.Plan.GramFits ? SolverKind.Direct : SolverKind.Cg;
+        return DirectSolver.DenseBytes(problem) + _rows.BytesHeld <= _options.MemoryBudgetBytes ? SolverKind.Direct : SolverKind.Cg;
     }
 
-    private EditedProblem Assemble(EditSet edits, Func<string, GradientCache>? replacementSets, SolverOptions solver)
+    private EditedProblem Assemble(EditSet edits, Func<string, GradientCache>? replacementSets, SolverOptions solver,
+        IProgress<EngineProgress>? progress, CancellationToken cancellation)
     {
         long n = Cache.RowCount, p = Cache.ParameterCount;
         var b = new double[p];
@@ -159,21 +187,24 @@ public sealed class InfluenceEngine : IDisposable
             var flat = new double[replacementRows.Count * p];
             for (int i = 0; i < replacementRows.Count; i++)
                 replacementRows[i].CopyTo(flat, i * p);
-            replacements = torch.tensor(flat, [replacementRows.Count, p], device: device).to(_rows.DType);
+            replacements = torch.tensor(flat, [replacementRows.Count, p], device: device).to(_rows.ComputeType);
         }
 
-        double damping = solver.Damping ?? DefaultDamping(keepTensor, replacements);
+        double damping = solver.Damping ?? DefaultDamping(keep, replacements, progress, cancellation);
         if (damping < 0 || !double.IsFinite(damping))
             throw new UnlearningException(FailureCodes.InvalidRequest, $"Damping must be a finite number ≥ 0 (got {damping}).");
-        return new EditedProblem(_rows, keepTensor, replacements, torch.tensor(b, device: device), Cache.L2 + damping, damping);
+        return new EditedProblem(_rows, keepTensor, replacements, torch.tensor(b, device: device), Cache.L2 + damping, damping, cancellation);
     }
 
     /// <summary>SPEC §1: 0 when l2 &gt; 0, else 0.1 × the mean eigenvalue of the edited data term, Σᵢ‖cᵢ‖²/P.</summary>
-    private double DefaultDamping(Tensor keep, Tensor? replacements)
+    private double DefaultDamping(double[] keep, Tensor? replacements, IProgress<EngineProgress>? progress, CancellationToken cancellation)
     {
         if (Cache.L2 > 0)
             return 0;
-        double trace = (_rows.RowSquares * keep).sum().item<double>();
+        var squares = _rows.RowSquares(progress, cancellation);
+        double trace = 0;
+        for (int i = 0; i < keep.Length; i++)
+            trace += squares[i] * keep[i];
         if (replacements is not null)
         {
             var rep = replacements.to(ScalarType.Float64);
@@ -181,6 +212,10 @@ public sealed class InfluenceEngine : IDisposable
         }
         return 0.1 * trace / Cache.ParameterCount;
     }
+
+    private RowsReport RowsReport(int passes, long bytesRead) => new(
+        _rows.Plan.Residency == RowResidency.Resident ? "resident" : "streamed", _rows.Plan.HoldDType, _rows.Plan.Reason,
+        passes, bytesRead, _rows.BytesHeld, _rows.Memory.Peak, _rows.Plan.BudgetBytes, _rows.GramStatus);
 
     private int RowOf(string sampleId) =>
         Cache.TryGetRow(sampleId, out int row)

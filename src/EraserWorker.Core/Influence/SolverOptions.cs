@@ -118,7 +118,8 @@ public sealed record SolverOptions
     };
 }
 
-/// <summary>What a solve did. <see cref="RelativeResidual"/> is recomputed from the final x, never taken from the recursion.</summary>
+/// <summary>What a solve did. <see cref="RelativeResidual"/> is the true ‖H'x − b‖/‖b‖ of the final x in float64,
+/// never taken from a recursion.</summary>
 public sealed record SolverReport(
     string Solver,
     string Method,
@@ -126,7 +127,23 @@ public sealed record SolverReport(
     double Seconds,
     double RelativeResidual,
     double Damping,
-    double Lambda);
+    double Lambda)
+{
+    /// <summary>How the curvature rows were held and read during this solve (null for an empty edit set).</summary>
+    public RowsReport? Rows { get; init; }
+}
+
+/// <param name="Residency">"resident" or "streamed".</param>
+/// <param name="DType">The dtype the rows are held or read in (F32, F16, BF16; F64 on a device in Float64).</param>
+/// <param name="Reason">Why: what the memory budget allowed (see <c>Eraser:Compute:Residency</c>).</param>
+/// <param name="Passes">Complete reads of the rows this solve made (from memory or from the cache files).</param>
+/// <param name="BytesRead">Bytes this solve read from the cache files (0 when resident).</param>
+/// <param name="HeldBytes">Bytes the engine holds after the solve: resident rows and the Gram.</param>
+/// <param name="PeakBytes">Most bytes held at once since the engine was loaded: rows, Gram, read buffers, Gram panels.</param>
+/// <param name="BudgetBytes"><c>Eraser:Compute:MemoryBudgetBytes</c>.</param>
+/// <param name="Gram">Where the Gram came from: built (and saved), loaded from its derived file, or why not.</param>
+public sealed record RowsReport(string Residency, string DType, string Reason, int Passes, long BytesRead, long HeldBytes,
+    long PeakBytes, long BudgetBytes, string Gram);
 
 /// <summary>Sizes of the edited problem.</summary>
 public sealed record EditSummary(int Removed, int Replaced, int Active, long Parameters);

@@ -41,6 +41,28 @@ public sealed class UnlearnCommandTests : IDisposable
     }
 
     [Fact]
+    public void Streamed_rows_are_reported_and_give_the_retrained_adapter()
+    {
+        var problem = new RidgeProblem(samples: 30, rank: 4, inFeatures: 12, outFeatures: 8, seed: 6);
+        problem.WriteAdapter(_temp.Sub("adapter"));
+        problem.WriteCache(_temp.Sub("cache"), "F16");
+
+        var (exit, stdout, _) = Run("unlearn", "--adapter", _temp.Sub("adapter"), "--cache", _temp.Sub("cache"),
+            "--remove", $"{problem.Ids[0]},{problem.Ids[7]}", "--out", _temp.Sub("out"), "--solver", "direct",
+            "--residency", "Streamed", "--json");
+
+        Assert.Equal(0, exit);
+        using var json = JsonDocument.Parse(stdout);
+        var rows = json.RootElement.GetProperty("rows");
+        Assert.Equal("streamed", rows.GetProperty("residency").GetString());
+        Assert.Equal("F16", rows.GetProperty("dType").GetString());
+        Assert.Contains("streamed as configured", rows.GetProperty("reason").GetString());
+        Assert.True(rows.GetProperty("bytesRead").GetInt64() >= 2L * 30 * problem.P * 2);
+        var truth = problem.Retrain(new HashSet<string> { problem.Ids[0], problem.Ids[7] }, new Dictionary<string, (double[], double, double)>());
+        Assert.Equal(Distance(truth, problem.Theta0), json.RootElement.GetProperty("updateNorm").GetDouble(), 4);
+    }
+
+    [Fact]
     public void Failures_exit_non_zero_with_one_line_and_write_nothing()
     {
         var problem = new RidgeProblem(samples: 10, rank: 2, inFeatures: 3, outFeatures: 2, seed: 8);

@@ -421,6 +421,71 @@ public sealed class GradientCacheTests : IDisposable
         Assert.Contains($"parameter '{Parameters[2].Name}' element 2", e2.Message);
     }
 
+    [Theory]
+    [InlineData("F32")]
+    [InlineData("F16")]
+    [InlineData("BF16")]
+    public void Raw_reads_return_the_stored_bytes_of_rows_and_row_segments_across_shards(string dtype)
+    {
+        var samples = Samples(11, seed: 4);
+        string folder = Write("raw-" + dtype, samples, dtype, curvature: true, rowsPerShard: 4);
+        using var cache = GradientCache.Open(folder);
+        int size = DTypeConversion.ElementSize(dtype);
+        Assert.Equal(size, cache.ElementSize);
+        Assert.Equal(P * size, cache.RowBytes);
+        // Rows 2..9 span three shards; decoding the raw bytes gives exactly what ReadRows converts.
+        var raw = new byte[8 * P * size];
+        cache.ReadRowsRaw(CacheMatrix.Curvature, 2, 8, raw);
+        var decoded = new float[8 * P];
+        DTypeConversion.ToSingle(dtype, raw, decoded);
+        var expected = new float[8 * P];
+        cache.ReadRows(CacheMatrix.Curvature, 2, 8, expected);
+        Assert.Equal(expected, decoded);
+        Assert.Equal(RawSafetensors.Encode(dtype, samples[5].Curvature.Select(v => (double)(float)v)), raw.AsSpan(3 * P * size, P * size).ToArray());
+
+        var segment = new byte[6 * size];
+        cache.ReadRowSegmentRaw(CacheMatrix.Gradients, 9, 7, 6, segment);
+        var whole = new byte[P * size];
+        cache.ReadRowsRaw(CacheMatrix.Gradients, 9, 1, whole);
+        Assert.Equal(whole.AsSpan(7 * size, 6 * size).ToArray(), segment);
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.ReadRowSegmentRaw(CacheMatrix.Gradients, 9, P - 2, 3, segment));
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.ReadRowsRaw(CacheMatrix.Gradients, 10, 2, raw));
+    }
+
+    [Theory]
+    [InlineData("F32")]
+    [InlineData("F16")]
+    [InlineData("BF16")]
+    public void Raw_reads_reject_non_finite_values_naming_the_sample(string dtype)
+    {
+        string folder = _temp.Sub("foreign-raw-" + dtype);
+        Directory.CreateDirectory(folder);
+        var g = new double[3 * P];
+        var c = new double[3 * P];
+        c[2 * P + 16] = double.NegativeInfinity;
+        g[1 * P + 9] = double.NaN;
+        SafetensorsWriter.WriteFile(Path.Combine(folder, "part.safetensors"),
+        [
+            ("gradients", dtype, [3, P], RawSafetensors.Encode(dtype, g)),
+            ("curvature", dtype, [3, P], RawSafetensors.Encode(dtype, c)),
+        ]);
+        File.WriteAllText(Path.Combine(folder, "part.ids"), "alpha\nbeta\ngamma\n");
+        new GradientCacheManifest(Parameters, 0, [new ShardRef("part.safetensors", "part.ids")]).Save(Path.Combine(folder, "cache.json"));
+
+        using var cache = GradientCache.Open(folder);
+        int size = DTypeConversion.ElementSize(dtype);
+        var buffer = new byte[3 * P * size];
+        cache.ReadRowsRaw(CacheMatrix.Curvature, 0, 2, buffer);
+        var e = Assert.Throws<GradientCacheException>(() => cache.ReadRowsRaw(CacheMatrix.Curvature, 1, 2, buffer));
+        Assert.Contains("curvature of sample 'gamma'", e.Message);
+        Assert.Contains("−∞", e.Message);
+        Assert.Contains($"parameter '{Parameters[2].Name}' element 2", e.Message);
+        cache.ReadRowSegmentRaw(CacheMatrix.Gradients, 1, 0, 9, buffer);
+        var e2 = Assert.Throws<GradientCacheException>(() => cache.ReadRowSegmentRaw(CacheMatrix.Gradients, 1, 5, 6, buffer));
+        Assert.Contains("gradients of sample 'beta'", e2.Message);
+        Assert.Contains($"parameter '{Parameters[1].Name}' element 1", e2.Message);
+    }
+
     // ------------------------------------------------------------------ writer rejections
 
     [Fact]

@@ -227,6 +227,90 @@ public sealed class GradientCache : IDisposable
         }
     }
 
+    /// <summary>Bytes of one row in the storage dtype: P × <see cref="ElementSize"/>.</summary>
+    public long RowBytes => _rowBytes;
+
+    /// <summary>Bytes per stored element (<see cref="StorageDType"/>).</summary>
+    public int ElementSize => DTypeConversion.ElementSize(StorageDType);
+
+    /// <summary>
+    /// Reads rows [<paramref name="firstRow"/>, <paramref name="firstRow"/> + <paramref name="rowCount"/>) of
+    /// <paramref name="which"/> as stored (<see cref="StorageDType"/>, little-endian, row-major) into the first
+    /// <c>rowCount × </c><see cref="RowBytes"/> bytes of <paramref name="destination"/>: no conversion, one positioned
+    /// read per shard. Values are checked for NaN and ±∞ in place, as <see cref="ReadRows"/> does.
+    /// </summary>
+    /// <exception cref="GradientCacheException">A non-finite value (the message names the sample id), or a shard file
+    /// shorter than its header says.</exception>
+    public void ReadRowsRaw(CacheMatrix which, int firstRow, int rowCount, Span<byte> destination)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (firstRow < 0 || rowCount < 0 || firstRow > RowCount - rowCount)
+            throw new ArgumentOutOfRangeException(nameof(firstRow),
+                $"Rows [{firstRow}, {(long)firstRow + rowCount}) are outside the cache's {RowCount} rows.");
+        long need = rowCount * _rowBytes;
+        if (destination.Length < need)
+            throw new ArgumentException($"{rowCount} rows need {need} bytes but the destination holds {destination.Length}.", nameof(destination));
+        bool curvature = which == CacheMatrix.Curvature && HasCurvature;
+        int row = firstRow, remaining = rowCount;
+        var dst = destination[..(int)need];
+        while (remaining > 0)
+        {
+            var shard = ShardOf(row);
+            int local = row - shard.FirstRow;
+            int take = Math.Min(remaining, shard.Rows - local);
+            long offset = (curvature ? shard.CurvatureOffset : shard.GradientsOffset) + local * _rowBytes;
+            int bytes = (int)(take * _rowBytes);
+            ReadRaw(shard, offset, dst[..bytes], row, 0, curvature);
+            dst = dst[bytes..];
+            row += take;
+            remaining -= take;
+        }
+    }
+
+    /// <summary>
+    /// Reads columns [<paramref name="firstColumn"/>, <paramref name="firstColumn"/> + <paramref name="columnCount"/>)
+    /// of one row of <paramref name="which"/> as stored (see <see cref="ReadRowsRaw"/>) into the first
+    /// <c>columnCount × </c><see cref="ElementSize"/> bytes of <paramref name="destination"/>: one positioned read.
+    /// </summary>
+    public void ReadRowSegmentRaw(CacheMatrix which, int row, long firstColumn, int columnCount, Span<byte> destination)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (row < 0 || row >= RowCount)
+            throw new ArgumentOutOfRangeException(nameof(row), $"Row {row} is outside the cache's {RowCount} rows.");
+        if (firstColumn < 0 || columnCount < 0 || firstColumn > ParameterCount - columnCount)
+            throw new ArgumentOutOfRangeException(nameof(firstColumn),
+                $"Columns [{firstColumn}, {firstColumn + columnCount}) are outside the cache's P = {ParameterCount}.");
+        int size = ElementSize;
+        long need = (long)columnCount * size;
+        if (destination.Length < need)
+            throw new ArgumentException($"{columnCount} columns need {need} bytes but the destination holds {destination.Length}.", nameof(destination));
+        bool curvature = which == CacheMatrix.Curvature && HasCurvature;
+        var shard = ShardOf(row);
+        long offset = (curvature ? shard.CurvatureOffset : shard.GradientsOffset) + (row - shard.FirstRow) * _rowBytes + firstColumn * size;
+        ReadRaw(shard, offset, destination[..(int)need], row, firstColumn, curvature);
+    }
+
+    /// <summary>One positioned read of stored elements, checked for non-finite values in place.</summary>
+    private void ReadRaw(Shard shard, long offset, Span<byte> destination, int firstRow, long firstColumn, bool curvature)
+    {
+        try
+        {
+            FileRead.ReadExactly(shard.Handle, destination, offset, shard.File);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new GradientCacheException($"{_label}: {e.Message}", e);
+        }
+        int bad = DTypeConversion.IndexOfNonFinite(StorageDType, destination);
+        if (bad >= 0)
+        {
+            Span<float> value = stackalloc float[1];
+            int size = ElementSize;
+            DTypeConversion.ToSingle(StorageDType, destination.Slice(bad * size, size), value);
+            throw NonFinite(shard, firstRow, firstColumn + bad, value[0], curvature);
+        }
+    }
+
     /// <summary>One row of <paramref name="which"/> as float64 (exactly the stored values).</summary>
     public double[] ReadRowDouble(CacheMatrix which, int row)
     {

@@ -195,6 +195,40 @@ public static class DTypeConversion
         return -1;
     }
 
+    /// <summary>Index of the first NaN or ±∞ among the <paramref name="dtype"/> elements stored in
+    /// <paramref name="raw"/> (F32, F16, BF16 or F64, little-endian); −1 if none. No conversion: the exponent bits are
+    /// tested in place.</summary>
+    public static int IndexOfNonFinite(string dtype, ReadOnlySpan<byte> raw)
+    {
+        CheckLengths(dtype, raw.Length, raw.Length / Math.Max(1, ElementSize(dtype)));
+        return dtype switch
+        {
+            F32 => IndexOfNonFinite(MemoryMarshal.Cast<byte, float>(raw)),
+            F64 => IndexOfNonFinite(MemoryMarshal.Cast<byte, double>(raw)),
+            F16 => IndexOfAllOnes(MemoryMarshal.Cast<byte, ushort>(raw), 0x7C00),
+            BF16 => IndexOfAllOnes(MemoryMarshal.Cast<byte, ushort>(raw), 0x7F80),
+            _ => throw NotFloating(dtype),
+        };
+    }
+
+    /// <summary>Index of the first 16-bit value whose bits under <paramref name="exponentMask"/> are all set.</summary>
+    private static int IndexOfAllOnes(ReadOnlySpan<ushort> bits, ushort exponentMask)
+    {
+        int i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            var mask = new Vector<ushort>(exponentMask);
+            ref ushort start = ref MemoryMarshal.GetReference(bits);
+            for (; i <= bits.Length - Vector<ushort>.Count; i += Vector<ushort>.Count)
+                if (Vector.EqualsAny(Vector.LoadUnsafe(ref start, (nuint)i) & mask, mask))
+                    break;
+        }
+        for (; i < bits.Length; i++)
+            if ((bits[i] & exponentMask) == exponentMask)
+                return i;
+        return -1;
+    }
+
     /// <summary>Index of the first NaN or ±∞; −1 if none.</summary>
     public static int IndexOfNonFinite(ReadOnlySpan<double> values)
     {

@@ -33,13 +33,12 @@ internal sealed class ConjugateGradientSolver : ISolver
             if (bNorm == 0 || rNorm <= context.Tolerance * bNorm)
                 break;
             relative = null; // x changes below
-            // Each round asks for what float32 products can deliver, relative to its own right-hand side.
-            double innerTolerance = Math.Max(context.Tolerance * bNorm / rNorm, problem.Rows.DType == ScalarType.Float64 ? 0 : 1e-5);
+            // Each round asks for what its products can deliver (float32 ones on a device: 1e-5), relative to its
+            // own right-hand side.
+            double innerTolerance = Math.Max(context.Tolerance * bNorm / rNorm, problem.PreciseProducts ? 0 : 1e-5);
             var (d, used) = Pcg(problem, residual, inverseDiagonal, innerTolerance, iterations, context, rNorm / bNorm);
             x.AddInPlace(d);
             iterations += used;
-            if (problem.Rows.DType == ScalarType.Float64)
-                break; // the recursion's residual is already the float64 one
         }
         return new SolveOutcome(x, iterations, "pcg-jacobi", relative);
     }
