@@ -203,6 +203,10 @@ public sealed class AdapterStore
     public Task DownloadCacheAsync(string adapterId, string localDir, CancellationToken cancellationToken = default) =>
         _downloads.DownloadCacheAsync(adapterId, localDir, cancellationToken);
 
+    /// <summary>Keeps a file derived from the cache (the worker's Gram, <c>cache/derived/</c>) for the next process.</summary>
+    public Task UploadCacheDerivedAsync(string adapterId, string localFile, bool replace, CancellationToken cancellationToken = default) =>
+        _downloads.UploadCacheDerivedAsync(adapterId, localFile, replace, cancellationToken);
+
     /// <summary>One file of the registered gradient cache (e.g. <c>cache.json</c> or an ids file), verified; null when absent.</summary>
     public Task<byte[]?> ReadCacheFileAsync(string adapterId, string relativePath, CancellationToken cancellationToken = default) =>
         _downloads.ReadCacheFileAsync(adapterId, relativePath, cancellationToken);

@@ -86,9 +86,23 @@ public sealed class WarmEngines : IDisposable
             await _store.DownloadCacheAsync(adapterId, cacheDir, cancellation);
             var adapter = PeftAdapter.Open(baseDir);
             var engine = InfluenceEngine.Load(adapter, GradientCache.Open(cacheDir), _compute.Value, null, cancellation);
+            try
+            {
+                // The Gram now, not in the first request's solve: loaded from the store when a worker built it before, else
+                // built here and kept in the store for the next process (it is derived data; the engine checks it fits).
+                engine.Warm(null, cancellation);
+                if (engine.SavedGramPath is { } gram)
+                    await _store.UploadCacheDerivedAsync(adapterId, gram, replace: true, cancellation);
+            }
+            catch
+            {
+                engine.Dispose();
+                throw;
+            }
             _metrics.ObserveCacheLoad(watch.Elapsed);
-            _logger.LogInformation("Loaded adapter {AdapterId}: {Rows} cached samples, P = {Parameters}, on {Device} in {Seconds:F2} s",
-                adapterId, engine.Cache.RowCount, engine.Cache.ParameterCount, engine.DeviceName, watch.Elapsed.TotalSeconds);
+            _logger.LogInformation("Loaded adapter {AdapterId}: {Rows} cached samples, P = {Parameters}, on {Device} in {Seconds:F2} s; rows {Residency} ({Reason}); Gram {Gram}",
+                adapterId, engine.Cache.RowCount, engine.Cache.ParameterCount, engine.DeviceName, watch.Elapsed.TotalSeconds,
+                engine.RowPlan.Residency, engine.RowPlan.Reason, engine.GramStatus);
             return new WarmAdapter(adapterId, adapter, engine, directory);
         }
         catch

@@ -57,6 +57,10 @@ internal sealed class CurvatureRows : IDisposable
     /// <summary>Where the Gram came from: built, loaded from its derived file, or why not.</summary>
     public string GramStatus { get; private set; }
 
+    /// <summary>The derived Gram file this process built and saved (so that it can be kept where the next process finds
+    /// it), or null: not built here, not persisted, or not saved.</summary>
+    public string? SavedGramPath { get; private set; }
+
     public long BytesHeld => Memory.Held;
 
     /// <summary>Plans the residency and loads (resident) or opens (streamed) the rows of <paramref name="cache"/>.</summary>
@@ -251,6 +255,7 @@ internal sealed class CurvatureRows : IDisposable
         string? failure = GramArtefact.TrySave(_gramPath, gram,
             new GramArtefact.Identity(digest, matrix, _cache.StorageDType, Count, Parameters));
         GramStatus = failure is null ? $"{built}, saved to {_gramPath}" : $"{built}; not saved ({failure})";
+        SavedGramPath = failure is null ? _gramPath : null;
         return gram;
     }
 

@@ -53,6 +53,12 @@ public sealed class InfluenceEngine : IDisposable
     /// <summary>Where the Gram came from: built (and saved), loaded from its derived file, or why not.</summary>
     public string GramStatus => _rows.GramStatus;
 
+    /// <summary>The derived Gram file this engine built and saved beside the cache, or null (see <see cref="Warm"/>).</summary>
+    public string? SavedGramPath => _rows.SavedGramPath;
+
+    /// <summary>True when the budget admits the Gram, so <see cref="Warm"/> builds (or loads) it.</summary>
+    public bool GramFits => _rows.HasGram || _rows.Plan.GramFits;
+
     /// <summary>Reads θ₀ from the adapter and plans the rows: resident ones are read onto the device now, streamed
     /// ones are read by every pass.
     /// The engine takes ownership of <paramref name="cache"/>.</summary>
@@ -79,11 +85,15 @@ public sealed class InfluenceEngine : IDisposable
         return new InfluenceEngine(theta0, cache, rows, options, watch.Elapsed);
     }
 
-    /// <summary>Builds the Gram now (it is otherwise built by the first direct solve that needs it).</summary>
+    /// <summary>Builds or loads the Gram now, when the budget admits it (it is otherwise built by the first direct solve
+    /// that needs it); a no-op when it does not fit (the solves then run cg).</summary>
     public void Warm(IProgress<EngineProgress>? progress = null, CancellationToken cancellation = default)
     {
         lock (_gate)
-            _rows.Gram(progress, cancellation);
+        {
+            if (GramFits)
+                _rows.Gram(progress, cancellation);
+        }
     }
 
     /// <param name="edits">The cumulative edit set, relative to the base.</param>

@@ -87,6 +87,11 @@ internal static partial class BlobLayout
 
     public static string Cache(string adapterId) => Adapter(adapterId) + "cache/";
 
+    /// <summary>Files derived from the cache by the worker (the Gram), each self-checking: <c>cache/derived/</c>.</summary>
+    public static string CacheDerived(string adapterId) => Cache(adapterId) + DerivedFolder + "/";
+
+    public const string DerivedFolder = "derived";
+
     public static string Model(string adapterId) => Adapter(adapterId) + "model/";
 
     public static string Training(string adapterId) => Adapter(adapterId) + "training/";

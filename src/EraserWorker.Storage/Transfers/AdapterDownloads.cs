@@ -36,11 +36,35 @@ internal sealed class AdapterDownloads(StoreContext context)
         if (manifest.CacheFiles is { Count: > 0 } listed)
         {
             await DownloadListedAsync(adapterId, BlobLayout.Cache(adapterId), listed, localDir, "gradient cache", cancellationToken).ConfigureAwait(false);
+            // Derived files (the Gram a worker built) are not in the base manifest; each carries its own digest and the
+            // identity of the rows it was computed from, and the engine rebuilds one that does not match.
+            await context.DownloadPrefixAsync(BlobLayout.CacheDerived(adapterId), Path.Combine(localDir, BlobLayout.DerivedFolder), cancellationToken)
+                .ConfigureAwait(false);
             return;
         }
         var files = await context.DownloadPrefixAsync(BlobLayout.Cache(adapterId), localDir, cancellationToken).ConfigureAwait(false);
         if (!files.ContainsKey(StoredFileNames.CacheIndex))
             throw new InvalidDataException($"The cache of adapter '{adapterId}' has no {StoredFileNames.CacheIndex}.");
+    }
+
+    /// <summary>Keeps a file derived from the cache (the Gram built by a worker) in the store, so that other replicas and a
+    /// restarted worker load it instead of rebuilding it; <paramref name="replace"/> overwrites an older one (rebuilt
+    /// because it no longer matched).</summary>
+    public async Task UploadCacheDerivedAsync(string adapterId, string localFile, bool replace, CancellationToken cancellationToken)
+    {
+        string name = Path.GetFileName(localFile);
+        if (!BlobLayout.LocalFileName().IsMatch(name))
+            throw new ArgumentException($"'{name}' cannot be stored.", nameof(localFile));
+        var file = new LocalFile(name, localFile, null, new FileInfo(localFile).Length, "");
+        try
+        {
+            await context.UploadFileAsync(BlobLayout.CacheDerived(adapterId) + name, file, replace ? Blobs.BlobCondition.None : Blobs.BlobCondition.CreateOnly,
+                cancellationToken).ConfigureAwait(false);
+        }
+        catch (Blobs.BlobConditionFailedException)
+        {
+            // Another replica kept its own, equally valid copy first.
+        }
     }
 
     /// <summary>One file of the base gradient cache (e.g. <c>cache.json</c>, an ids file), verified; null when absent.</summary>

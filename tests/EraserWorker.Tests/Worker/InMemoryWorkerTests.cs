@@ -1,3 +1,4 @@
+using EraserWorker.Components.Warm;
 using System.Diagnostics;
 using EraserWorker.Contracts;
 using EraserWorker.Demo;
@@ -249,6 +250,30 @@ public sealed class InMemoryWorkerTests(ITestOutputHelper output) : IDisposable
         failing.Armed = false;
         Assert.Equal(new[] { 0 }, await TestStore().ListVersionsAsync("tenant-a/flaky"));
         Assert.Equal(new[] { 0 }, await TestStore().ListVersionsAsync("tenant-a/buggy"));
+    }
+
+    [Fact]
+    public async Task The_gram_a_worker_builds_is_kept_in_the_store_and_a_later_worker_loads_it_instead_of_rebuilding()
+    {
+        var ridge = new RidgeOracle(seed: 25);
+        await RegisterAsync(ridge);
+        string kept = Path.Combine(StoreRoot, BlobLayout.CacheDerived(AdapterId).TrimEnd('/'), "gram.safetensors");
+        await using (var first = await StartHostAsync())
+        {
+            var warm = (await first.Services.GetRequiredService<WarmEngines>().GetAsync(AdapterId, CancellationToken.None))!;
+            Assert.StartsWith("built", warm.Engine.GramStatus);
+            Assert.True(File.Exists(kept), $"the Gram was not kept in the store ({warm.Engine.GramStatus})");
+        }
+
+        await using var second = await StartHostAsync();
+        var harness = second.Services.GetRequiredService<ITestHarness>();
+        await harness.Bus.Publish(new UnlearningRequested("after-restart-1", AdapterId, UnlearningTasks.Remove, [ridge.Ids[6]]));
+        var completed = (await WaitCompletedAsync(harness, "after-restart-1")).Single();
+        var reloaded = (await second.Services.GetRequiredService<WarmEngines>().GetAsync(AdapterId, CancellationToken.None))!;
+        Assert.StartsWith("loaded from", reloaded.Engine.GramStatus);
+        string dir = Path.Combine(_temp.Path, "gram-v1");
+        await TestStore().DownloadVersionAsync(AdapterId, completed.Version, dir);
+        ridge.AssertEqualsRetraining(WorkerTestBed.ModelFile(dir), ridge.Retrain([ridge.Ids[6]]), "the version solved with the loaded Gram");
     }
 
     [Fact]
