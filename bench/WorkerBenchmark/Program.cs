@@ -1,3 +1,3 @@
 using EraserWorker.Benchmarks;
 
-return await WorkerBenchmark.RunAsync(args);
+return args.Contains("--soak") ? await SoakBenchmark.RunAsync(args) : await WorkerBenchmark.RunAsync(args);

@@ -162,9 +162,18 @@ public static class WorkerBenchmark
         }
     }
 
-    private static Process StartWorker(Settings s, string vhost, string container, int port, bool batching, int warmAdapters)
+    private static Process StartWorker(Settings s, string vhost, string container, int port, bool batching, int warmAdapters) =>
+        StartWorker(s.Rabbit, vhost, port, batching, warmAdapters, new Dictionary<string, string>
+        {
+            ["Eraser__Storage__Kind"] = "AzureBlob",
+            ["Eraser__Storage__ConnectionString"] = s.Azurite,
+            ["Eraser__Storage__Container"] = container,
+        });
+
+    /// <summary>The worker process on RabbitMQ (virtual host <paramref name="vhost"/>) with the given storage settings.</summary>
+    internal static Process StartWorker(string rabbit, string vhost, int port, bool batching, int warmAdapters, IReadOnlyDictionary<string, string> storage)
     {
-        var broker = new Uri(s.Rabbit);
+        var broker = new Uri(rabbit);
         var userInfo = broker.UserInfo.Split(':');
         var start = new ProcessStartInfo("dotnet", Path.Combine(AppContext.BaseDirectory, "EraserWorker.dll"))
         {
@@ -179,9 +188,8 @@ public static class WorkerBenchmark
         env["Eraser__Transport__Username"] = Uri.UnescapeDataString(userInfo[0]);
         env["Eraser__Transport__Password"] = Uri.UnescapeDataString(userInfo.ElementAtOrDefault(1) ?? "");
         env["Eraser__Transport__VirtualHost"] = vhost;
-        env["Eraser__Storage__Kind"] = "AzureBlob";
-        env["Eraser__Storage__ConnectionString"] = s.Azurite;
-        env["Eraser__Storage__Container"] = container;
+        foreach (var (key, value) in storage)
+            env[key] = value;
         env["Eraser__Http__Port"] = port.ToString();
         env["Eraser__Worker__WorkDirectory"] = Path.Combine(Path.GetTempPath(), "eraser-worker-bench", vhost);
         env["Eraser__Worker__BatchMessageLimit"] = batching ? "64" : "1";
@@ -199,7 +207,7 @@ public static class WorkerBenchmark
         return process;
     }
 
-    private static async Task WaitReadyAsync(Process worker, int port)
+    internal static async Task WaitReadyAsync(Process worker, int port)
     {
         using var client = new HttpClient();
         var deadline = DateTime.UtcNow.AddSeconds(60);
@@ -221,7 +229,7 @@ public static class WorkerBenchmark
     }
 
     /// <summary>A ridge-like adapter: two LoRA tensors and Gaussian curvature rows (values carry no meaning here).</summary>
-    private static void WriteSyntheticAdapter(string folder, int samples, int parameters)
+    internal static void WriteSyntheticAdapter(string folder, int samples, int parameters)
     {
         if (Directory.Exists(folder))
             Directory.Delete(folder, recursive: true);
@@ -260,21 +268,21 @@ public static class WorkerBenchmark
         writer.Complete();
     }
 
-    private static double Percentile(double[] sorted, double q) =>
+    internal static double Percentile(double[] sorted, double q) =>
         sorted.Length == 0 ? double.NaN : sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(q * sorted.Length) - 1)];
 
-    private static int FreePort()
+    internal static int FreePort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
         return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
-    private static string? Arg(string[] args, string name)
+    internal static string? Arg(string[] args, string name)
     {
         int i = Array.IndexOf(args, name);
         return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 
-    private static int IntArg(string[] args, string name, int fallback) => Arg(args, name) is { } v ? int.Parse(v) : fallback;
+    internal static int IntArg(string[] args, string name, int fallback) => Arg(args, name) is { } v ? int.Parse(v) : fallback;
 }
