@@ -9,6 +9,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
 [assembly: InternalsVisibleTo("EraserWorker.Tests")]
+[assembly: InternalsVisibleTo("EraserWorker.Cli.Tests")]
 
 namespace EraserWorker.Storage;
 

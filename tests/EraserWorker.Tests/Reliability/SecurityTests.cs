@@ -261,7 +261,7 @@ public sealed class SecurityTests(ITestOutputHelper output) : IDisposable
             ["replacements", "upload", "--id", "tenant-a/cli-sas", "--cache", cache],
         })
         {
-            var result = await EraserWorker.Tests.Cli.CliHarness.RunProcessAsync(_temp.Path, environment, args);
+            var result = await EraserWorker.Cli.Tests.CliHarness.RunProcessAsync(_temp.Path, environment, args);
             Assert.True(result.Exit == 0, $"eraser {string.Join(' ', args)}: {result}");
             outputs.Add(result.Out + result.Err);
         }

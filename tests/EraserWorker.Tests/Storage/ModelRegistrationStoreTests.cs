@@ -1,5 +1,5 @@
 using EraserWorker.Storage;
-using EraserWorker.Tests.Cli;
+using EraserWorker.Cli.Tests;
 using EraserWorker.Tests.Infrastructure;
 
 namespace EraserWorker.Tests.Storage;

@@ -1,6 +1,6 @@
 using System.Text.Json.Nodes;
 using EraserWorker.Storage;
-using EraserWorker.Tests.Cli;
+using EraserWorker.Cli.Tests;
 using EraserWorker.Tests.Infrastructure;
 using EraserWorker.Tests.Reliability;
 using EraserWorker.Tests.Worker;

@@ -1,6 +1,6 @@
 using System.Text.Json.Nodes;
 using EraserWorker.Contracts;
-using EraserWorker.Tests.Cli;
+using EraserWorker.Cli.Tests;
 using EraserWorker.Tests.Infrastructure;
 using Xunit.Abstractions;
 

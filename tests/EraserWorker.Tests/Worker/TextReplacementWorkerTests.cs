@@ -5,7 +5,7 @@ using EraserWorker.Contracts;
 using EraserWorker.Core.Formats.GradientCaches;
 using EraserWorker.Hosting;
 using EraserWorker.Storage;
-using EraserWorker.Tests.Cli;
+using EraserWorker.Cli.Tests;
 using EraserWorker.Tests.Infrastructure;
 using MassTransit.Testing;
 using Microsoft.AspNetCore.Builder;

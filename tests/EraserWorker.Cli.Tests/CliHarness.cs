@@ -8,7 +8,14 @@ using EraserWorker.Core.Formats.GradientCaches;
 using EraserWorker.Core.Formats.Safetensors;
 using EraserCommandLine = cli::EraserWorker.Cli.EraserCommandLine;
 
-namespace EraserWorker.Tests.Cli;
+namespace EraserWorker.Cli.Tests;
+
+/// <summary>The CLI tests run one at a time (they start real uploads and downloads; the machine has two cores).</summary>
+[CollectionDefinition(Name)]
+public sealed class CliCollection
+{
+    public const string Name = "eraser CLI";
+}
 
 /// <summary>The outcome of one <c>eraser</c> invocation.</summary>
 public sealed record CliResult(int Exit, string Out, string Err)

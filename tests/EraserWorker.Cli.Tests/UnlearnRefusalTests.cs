@@ -3,7 +3,7 @@ using System.Text.Json;
 using EraserWorker.Core.Tests.TestSupport;
 using EraserWorker.TestSupport;
 
-namespace EraserWorker.Core.Tests.Cli;
+namespace EraserWorker.Cli.Tests;
 
 /// <summary>
 /// <c>eraser unlearn</c> refuses what it cannot do honestly — a solve that did not converge, bad option values, non-finite

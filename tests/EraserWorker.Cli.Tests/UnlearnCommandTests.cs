@@ -3,7 +3,7 @@ using EraserWorker.TestSupport;
 using EraserWorker.Core.Tests.TestSupport;
 using static EraserWorker.Core.Tests.TestSupport.DenseLinearAlgebra;
 
-namespace EraserWorker.Core.Tests.Cli;
+namespace EraserWorker.Cli.Tests;
 
 /// <summary><c>eraser unlearn</c> as a user runs it: JSON figures on success, one line and exit 1 on failure, nothing written.</summary>
 [Collection("Console")]

@@ -5,16 +5,9 @@ using System.Text.Json.Nodes;
 using EraserWorker.Contracts;
 using EraserWorker.Storage;
 using EraserWorker.Tests.Infrastructure;
-using static EraserWorker.Tests.Cli.CliHarness;
+using static EraserWorker.Cli.Tests.CliHarness;
 
-namespace EraserWorker.Tests.Cli;
-
-/// <summary>The CLI tests run one at a time (they start real uploads and downloads; the machine has two cores).</summary>
-[CollectionDefinition(Name)]
-public sealed class CliCollection
-{
-    public const string Name = "eraser CLI";
-}
+namespace EraserWorker.Cli.Tests;
 
 /// <summary>
 /// <c>eraser adapters register | show | download</c> and <c>eraser replacements upload</c> as an operator runs them,

@@ -8,12 +8,12 @@ namespace EraserWorker.Tests.Infrastructure;
 /// <see cref="SkipTestException"/> — what <see cref="TestServices"/> does for a missing service when
 /// <c>ERASER_TEST_ALLOW_MISSING_SERVICES=1</c>. Without that variable a missing service fails the test.
 /// </summary>
-[XunitTestCaseDiscoverer("EraserWorker.Tests.Infrastructure.ServiceFactDiscoverer", "EraserWorker.Tests")]
+[XunitTestCaseDiscoverer("EraserWorker.Tests.Infrastructure.ServiceFactDiscoverer", "EraserWorker.TestSupport")]
 [AttributeUsage(AttributeTargets.Method)]
 public sealed class ServiceFactAttribute : FactAttribute;
 
 /// <summary>The <see cref="TheoryAttribute"/> counterpart of <see cref="ServiceFactAttribute"/>.</summary>
-[XunitTestCaseDiscoverer("EraserWorker.Tests.Infrastructure.ServiceTheoryDiscoverer", "EraserWorker.Tests")]
+[XunitTestCaseDiscoverer("EraserWorker.Tests.Infrastructure.ServiceTheoryDiscoverer", "EraserWorker.TestSupport")]
 [AttributeUsage(AttributeTargets.Method)]
 public sealed class ServiceTheoryAttribute : TheoryAttribute;
 

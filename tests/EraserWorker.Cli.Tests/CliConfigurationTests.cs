@@ -1,8 +1,8 @@
 using System.Text.Json.Nodes;
 using EraserWorker.Tests.Infrastructure;
-using static EraserWorker.Tests.Cli.CliHarness;
+using static EraserWorker.Cli.Tests.CliHarness;
 
-namespace EraserWorker.Tests.Cli;
+namespace EraserWorker.Cli.Tests;
 
 /// <summary>The command tree, and configuration read like the worker's: settings file, <c>--config</c>, environment.</summary>
 [Collection(CliCollection.Name)]

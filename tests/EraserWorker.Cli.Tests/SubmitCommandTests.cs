@@ -7,10 +7,10 @@ using EraserWorker.Contracts;
 using EraserWorker.Tests.Infrastructure;
 using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
-using static EraserWorker.Tests.Cli.CliHarness;
+using static EraserWorker.Cli.Tests.CliHarness;
 using SubmitCommand = cli::EraserWorker.Cli.Commands.SubmitCommand;
 
-namespace EraserWorker.Tests.Cli;
+namespace EraserWorker.Cli.Tests;
 
 /// <summary>
 /// <c>eraser submit</c> against a real RabbitMQ, each test in a fresh virtual host: the request arrives on

@@ -5,7 +5,7 @@ using EraserWorker.Core.Formats.GradientCaches;
 using EraserWorker.Core.Influence;
 using EraserWorker.Core.Tests.TestSupport;
 
-namespace EraserWorker.Core.Tests.Cli;
+namespace EraserWorker.Cli.Tests;
 
 /// <summary>Progress on long work: at most one line a second, always the latest state, and for cg the iterations really
 /// done (over every refinement round) with their residual.</summary>
