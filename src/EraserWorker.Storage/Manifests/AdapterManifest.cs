@@ -48,10 +48,27 @@ public sealed record AdapterManifest
     public IReadOnlyDictionary<string, ManifestFile>? TrainingFiles { get; init; }
 
     /// <summary>Requests first applied by this version, in order (empty for the base).</summary>
+    [JsonIgnore]
     public IReadOnlyList<AppliedRequest> Requests { get; init; } = [];
 
-    /// <summary>The cumulative edits relative to the base: removed ids, and replaced id → replacementsUri.</summary>
+    /// <summary>The cumulative edits relative to the base: removed ids, and replaced id → replacementsUri (none for the base).</summary>
+    [JsonIgnore]
     public ManifestEdits Edits { get; init; } = new();
+
+    // A base manifest has no requests and no edits: they are left out of its JSON rather than written empty.
+    [JsonInclude, JsonPropertyName("requests")]
+    private IReadOnlyList<AppliedRequest>? RequestsMember
+    {
+        get => IsBase && Requests.Count == 0 ? null : Requests;
+        init => Requests = value ?? [];
+    }
+
+    [JsonInclude, JsonPropertyName("edits")]
+    private ManifestEdits? EditsMember
+    {
+        get => IsBase && Edits.Removed.Count == 0 && Edits.Replaced.Count == 0 ? null : Edits;
+        init => Edits = value ?? new();
+    }
 
     public SolverSummary? Solver { get; init; }
     public double? UpdateNorm { get; init; }
