@@ -56,6 +56,7 @@ public sealed class AdapterStore
     private readonly AdapterDownloads _downloads;
     private readonly ReplacementSetStore _replacements;
     private readonly VersionPruner _pruner;
+    private readonly TrainingTexts _training;
 
     /// <param name="blobs">The blob store (from <see cref="StorageServiceCollectionExtensions.CreateBlobStore"/>, which keeps
     /// credentials out of URIs).</param>
@@ -73,7 +74,8 @@ public sealed class AdapterStore
         var claims = new VersionClaims(_context);
         _writer = new VersionWriter(_context, claims);
         _markers = new RequestMarkers(_context);
-        _registration = new AdapterRegistration(_context, _heads, claims);
+        _training = new TrainingTexts(_context);
+        _registration = new AdapterRegistration(_context, _heads, claims, _training);
         _publisher = new VersionPublisher(_context, _heads, _writer, claims, _markers);
         _downloads = new AdapterDownloads(_context);
         _replacements = new ReplacementSetStore(_context);
@@ -219,6 +221,17 @@ public sealed class AdapterStore
     /// <summary>Downloads the registered model, verified; false when there is none.</summary>
     public Task<bool> DownloadModelAsync(string adapterId, string localDir, CancellationToken cancellationToken = default) =>
         _downloads.DownloadModelAsync(adapterId, localDir, cancellationToken);
+
+    // -------------------------------------------------------------------------------------------- training texts
+
+    /// <summary>Downloads the registered training texts (one JSONL file), verified; false when there are none.</summary>
+    public Task<bool> DownloadTrainingTextsAsync(string adapterId, string localFile, CancellationToken cancellationToken = default) =>
+        _training.DownloadAsync(adapterId, localFile, cancellationToken);
+
+    /// <summary>Deletes the training texts of <paramref name="sampleIds"/> from the store (see <see cref="TrainingTexts"/>);
+    /// null when the adapter has none.</summary>
+    public Task<PurgeRecord?> PurgeTrainingTextsAsync(string adapterId, IReadOnlyCollection<string> sampleIds, CancellationToken cancellationToken = default) =>
+        _training.PurgeAsync(adapterId, sampleIds, cancellationToken);
 
     // -------------------------------------------------------------------------------------------- replacement sets
 

@@ -9,6 +9,7 @@ using EraserWorker.Core.Formats;
 using EraserWorker.Core.Formats.GradientCaches;
 using EraserWorker.Storage;
 using EraserWorker.Storage.Manifests;
+using EraserWorker.Storage.Versions;
 
 namespace EraserWorker.Cli.Commands;
 
@@ -55,10 +56,15 @@ public static class AdaptersCommand
             Description = "Optional: the base model folder (Hugging Face: config.json, model.safetensors or shards + index, tokenizer.json / tokenizer.model) " +
                           "the adapter and cache were made with. Stored with the adapter, it lets requests carry text replacements.",
         };
+        var training = new Option<string?>("--training-data")
+        {
+            Description = "Optional, with --model: the adapter's training samples (JSONL, ids = the cache's ids), stored beside the model for the " +
+                          "iterated update; a removed sample's text is deleted from the store when its removal is published.",
+        };
         var json = new Option<bool>("--json") { Description = "Print the result as one JSON object." };
         var command = new Command("register", "Validate an adapter and its gradient cache (and base model), then store them as version 0 of a new adapter.")
         {
-            id, adapter, cache, model, json,
+            id, adapter, cache, model, training, json,
         };
         command.SetAction((parse, cancellation) => OperatorRun.RunAsync(parse, cancellation, async io =>
         {
@@ -66,7 +72,10 @@ public static class AdaptersCommand
             string adapterDir = parse.GetValue(adapter)!;
             string cacheDir = parse.GetValue(cache)!;
             string? modelDir = parse.GetValue(model);
+            string? trainingFile = parse.GetValue(training);
             CheckAdapterId(adapterId);
+            if (trainingFile is not null && modelDir is null)
+                throw new CliFailure("--training-data needs --model: the texts are read with the model's tokenizer.");
             using var handle = OperatorSettings.OpenStore(OperatorSettings.Load(parse.GetValue(config)));
             var store = handle.Store;
             io.Status($"Store: {handle.Location}");
@@ -83,6 +92,13 @@ public static class AdaptersCommand
                 modelSummary = ModelInputs.Validate(modelDir, adapterDir, cacheDir);
                 io.Status($"Valid: {modelSummary.ModelType}, {modelSummary.Layers} layers, vocabulary {modelSummary.VocabSize:N0}, tokenizer {modelSummary.Tokenizer}; {modelSummary.Files.Count} file(s), {modelSummary.Bytes:N0} bytes");
             }
+            int? trainingSamples = null;
+            if (trainingFile is not null)
+            {
+                io.Status($"Validating the training texts '{trainingFile}' against the model and the cache");
+                trainingSamples = ModelInputs.ValidateTrainingData(modelDir!, cacheDir, trainingFile);
+                io.Status($"Valid: {trainingSamples:N0} training samples, the cache's");
+            }
 
             using var staging = new LocalInputs.Staging();
             var (stagedAdapter, ignoredAdapter) = staging.Adapter(adapterDir);
@@ -96,7 +112,7 @@ public static class AdaptersCommand
                 LocalInputs.ReportIgnored(io, "model", ignoredModel);
             }
             io.Status($"Uploading the gradient cache{(stagedModel is null ? "" : ", the base model")} and version 0 of '{adapterId}'");
-            var version = await store.RegisterAsync(adapterId, stagedAdapter, stagedCache, stagedModel, cancellation);
+            var version = await store.RegisterAsync(adapterId, new RegistrationFiles(stagedAdapter, stagedCache, stagedModel, trainingFile), cancellation);
 
             if (parse.GetValue(json))
             {
@@ -115,6 +131,7 @@ public static class AdaptersCommand
                         ["files"] = new JsonArray(modelSummary.Files.Select(f => (JsonNode)f).ToArray()),
                         ["bytes"] = modelSummary.Bytes,
                     },
+                    ["trainingSamples"] = trainingSamples,
                 }));
             }
             else
@@ -124,6 +141,8 @@ public static class AdaptersCommand
                 io.Out.WriteLine($"  sha256  {version.Sha256}");
                 if (modelSummary is not null)
                     io.Out.WriteLine($"  model   {modelSummary.ModelType}, {modelSummary.Files.Count} file(s) stored with the adapter (text replacements enabled)");
+                if (trainingSamples is not null)
+                    io.Out.WriteLine($"  texts   {trainingSamples:N0} training samples stored with the model (the iterated update)");
             }
             return 0;
         }));
@@ -265,7 +284,8 @@ public static class AdaptersCommand
 
 /// <summary>What <c>adapters show</c> reports: the head, the versions, and the head manifest's summary.</summary>
 internal sealed record AdapterInfo(
-    AdapterHead Head, AdapterVersionRef Version, IReadOnlyList<int> Versions, AdapterManifest Manifest, int AppliedRequests, GradientCacheManifest? Cache)
+    AdapterHead Head, AdapterVersionRef Version, IReadOnlyList<int> Versions, AdapterManifest Manifest, AdapterManifest Base, int AppliedRequests,
+    GradientCacheManifest? Cache)
 {
     public static async Task<AdapterInfo> ReadAsync(AdapterStore store, string adapterId, CancellationToken cancellation)
     {
@@ -275,7 +295,9 @@ internal sealed record AdapterInfo(
         var versions = await store.ListVersionsAsync(adapterId, cancellation);
         int applied = await store.CountAppliedRequestsAsync(manifest, cancellation);
         var cache = await ReadCacheManifestAsync(store, adapterId, cancellation);
-        return new AdapterInfo(head, store.VersionRef(manifest), versions, manifest, applied, cache);
+        var baseManifest = head.Version == 0 ? manifest : await store.ReadManifestAsync(adapterId, 0, cancellation)
+            ?? throw new InvalidDataException($"Adapter '{adapterId}' has no base manifest.");
+        return new AdapterInfo(head, store.VersionRef(manifest), versions, manifest, baseManifest, applied, cache);
     }
 
     /// <summary>The registered cache's <c>cache.json</c> (only that file), or null when it is missing.</summary>
@@ -307,7 +329,10 @@ internal sealed record AdapterInfo(
             ["replaced"] = Replaced,
             ["solver"] = Manifest.Solver is { } s ? JsonSerializer.SerializeToNode(s, CliJson.Options) : null,
             ["updateNorm"] = Manifest.UpdateNorm,
+            ["update"] = Manifest.Update is { } u ? JsonSerializer.SerializeToNode(u, CliJson.Options) : null,
         },
+        ["model"] = Base.ModelFiles is { } m ? new JsonObject { ["files"] = m.Count } : null,
+        ["trainingTexts"] = Base.TrainingFiles is not null,
         ["cache"] = Cache is null ? null : new JsonObject
         {
             ["parameters"] = Cache.ParameterCount,
@@ -333,8 +358,12 @@ internal sealed record AdapterInfo(
             o.WriteLine($"solver     {s.Name}, {s.Iterations} iteration(s), residual {s.RelativeResidual.ToString("0.00E+00", inv)}, damping {s.Damping.ToString("G4", inv)}, {s.Seconds.ToString("0.000", inv)} s");
         else
             o.WriteLine("solver     none (base version)");
+        if (Manifest.Update is { } u)
+            o.WriteLine($"update     {u.Method}, {u.Iterations} step(s), final step {u.FinalStepNorm.ToString("G4", inv)}");
         if (Cache is not null)
             o.WriteLine($"cache      P = {Cache.ParameterCount:N0} in {Cache.Parameters.Count} tensor(s), l2 = {Cache.L2.ToString("G6", inv)}, {Cache.Shards.Count} shard(s)");
+        o.WriteLine($"model      {(Base.ModelFiles is { } m ? $"registered ({m.Count} file(s)); text corrections enabled" : "not registered")}");
+        o.WriteLine($"texts      {(Base.TrainingFiles is not null ? "training texts registered (removed samples' texts are purged)" : "none")}");
     }
 
     /// <summary>0, 1, 2, 3, 7 → "0–3, 7".</summary>

@@ -66,4 +66,34 @@ public static class ModelInputs
         long bytes = files.Sum(f => new FileInfo(Path.Combine(modelDir, f)).Length);
         return new ModelSummary(config.ModelType, config.NumHiddenLayers, config.VocabSize, Path.GetFileName(tokenizer.Source), files, bytes);
     }
+
+    /// <summary>
+    /// Checks the training texts registered beside the model (<c>--training-data</c>): every line a sample the model's
+    /// tokenizer turns into tokens of its vocabulary (as <c>eraser cache build</c> reads them), each id once, and exactly the
+    /// cache's ids — the texts of the samples the rows were computed from. Returns the number of samples.
+    /// </summary>
+    public static int ValidateTrainingData(string modelDir, string cacheDir, string trainingFile)
+    {
+        var config = LlamaConfig.Load(modelDir);
+        var tokenizer = ModelTokenizer.TryLoad(modelDir, config);
+        IReadOnlyList<TokenizedSample> samples;
+        try
+        {
+            samples = TrainingData.Load(trainingFile, config.VocabSize, tokenizer);
+        }
+        catch (Exception e) when (e is InvalidDataException or ArgumentException)
+        {
+            throw new CliFailure($"the training texts '{trainingFile}' cannot be used: {e.Message}", e);
+        }
+        using var cache = GradientCache.Open(cacheDir);
+        var ids = samples.Select(x => x.Id).ToHashSet(StringComparer.Ordinal);
+        var missing = cache.Ids.Where(id => !ids.Contains(id)).Take(5).ToList();
+        var extra = ids.Where(id => !cache.TryGetRow(id, out _)).Take(5).ToList();
+        if (missing.Count > 0 || extra.Count > 0)
+            throw new CliFailure($"the training texts '{trainingFile}' must hold exactly the gradient cache's samples ({cache.RowCount}): " +
+                (missing.Count > 0 ? $"missing {string.Join(", ", missing.Select(i => $"'{i}'"))}" : "") +
+                (missing.Count > 0 && extra.Count > 0 ? "; " : "") +
+                (extra.Count > 0 ? $"not in the cache {string.Join(", ", extra.Select(i => $"'{i}'"))}" : "") + ".");
+        return samples.Count;
+    }
 }

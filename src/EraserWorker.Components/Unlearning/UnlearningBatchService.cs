@@ -190,12 +190,17 @@ public sealed class UnlearningBatchService(
         try
         {
             warm.BaseAdapter.WriteUpdated(local, warm.Engine.Parameters, update.Theta);
+            // An erased sample's text must not stay in the store: it is deleted before the version that removes it is
+            // published (idempotent; a recomputation on a moved head finds it gone already).
+            var removed = applied.Where(a => a.Request.Task == UnlearningTasks.Remove).SelectMany(a => a.Request.SampleIds)
+                .Distinct(StringComparer.Ordinal).ToList();
+            var purged = removed.Count == 0 ? null : await store.PurgeTrainingTextsAsync(warm.AdapterId, removed, cancellation);
             var report = update.Report;
             var draft = new VersionDraft(head, headManifest, local,
                 applied.Select(a => new AppliedRequest(a.Request.RequestId, a.Request.Task, a.Request.SampleIds, a.Request.ReplacementsUri, a.SentAt)).ToList(),
                 EditSets.ToManifest(edits),
                 new SolverSummary(report.Solver, report.Iterations, report.Seconds, report.RelativeResidual, report.Damping),
-                update.UpdateNorm);
+                update.UpdateNorm, Purged: purged);
             return await store.PublishVersionAsync(draft, options.Value.ClaimWait, cancellation) as PublishResult.Published;
         }
         finally

@@ -150,7 +150,7 @@ public sealed record UpdateRecord(string Method, int Iterations, IReadOnlyList<d
 
 /// <summary>What a version purged from the registered training texts (issue 10: an erased person's text must not stay in
 /// the store).</summary>
-/// <param name="SampleIds">The samples whose texts were deleted.</param>
+/// <param name="SampleIds">The samples this version removed, whose texts are deleted from the store.</param>
 /// <param name="TrainingSha256">The digest of the training file after the rewrite.</param>
 public sealed record PurgeRecord(IReadOnlyList<string> SampleIds, string TrainingSha256);
 

@@ -45,6 +45,19 @@ internal static class LocalFiles
         return result;
     }
 
+    /// <summary>One file, hashed (its relative path is its file name).</summary>
+    public static async Task<LocalFile> OneAsync(string path, CancellationToken cancellationToken)
+    {
+        if (!File.Exists(path))
+            throw new FileNotFoundException($"File '{path}' does not exist.", path);
+        var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.Asynchronous | FileOptions.SequentialScan);
+        await using (stream.ConfigureAwait(false))
+        {
+            byte[] hash = await SHA256.HashDataAsync(stream, cancellationToken).ConfigureAwait(false);
+            return new LocalFile(Path.GetFileName(path), Path.GetFullPath(path), null, stream.Length, Convert.ToHexStringLower(hash));
+        }
+    }
+
     public static LocalFile Require(IReadOnlyList<LocalFile> files, string relativePath, string dir) =>
         files.FirstOrDefault(f => f.RelativePath == relativePath)
         ?? throw new ArgumentException($"Folder '{dir}' has no {relativePath}.", nameof(dir));

@@ -11,8 +11,9 @@ namespace EraserWorker.Storage.Versions;
 /// <param name="AdapterDirectory"><c>adapter_config.json</c> and <c>adapter_model.safetensors</c>.</param>
 /// <param name="CacheDirectory">The gradient cache (<c>cache.json</c> and the files it lists).</param>
 /// <param name="ModelDirectory">Optional: the base model (<c>config.json</c>, weights, tokenizer).</param>
-/// <param name="TrainingDirectory">Optional: the training texts (issue 10), stored under <c>training/</c>.</param>
-public sealed record RegistrationFiles(string AdapterDirectory, string CacheDirectory, string? ModelDirectory = null, string? TrainingDirectory = null);
+/// <param name="TrainingFile">Optional: the training texts, one JSONL file whose ids are the cache's (see
+/// <see cref="TrainingTexts"/>); the caller has validated it.</param>
+public sealed record RegistrationFiles(string AdapterDirectory, string CacheDirectory, string? ModelDirectory = null, string? TrainingFile = null);
 
 /// <summary>
 /// Registers an adapter as version 0: under the claim on version 0, uploads the gradient cache (<c>cache.json</c> last), the
@@ -21,7 +22,7 @@ public sealed record RegistrationFiles(string AdapterDirectory, string CacheDire
 /// again (it replaces the leftovers); a concurrent registration with different files gets
 /// <see cref="VersionConflictException"/> (version 0).
 /// </summary>
-internal sealed class AdapterRegistration(StoreContext context, HeadStore heads, VersionClaims claims)
+internal sealed class AdapterRegistration(StoreContext context, HeadStore heads, VersionClaims claims, TrainingTexts training)
 {
     /// <summary>The file of a registered model that must be present (the Hugging Face model configuration).</summary>
     public const string ModelConfigFileName = "config.json";
@@ -32,7 +33,7 @@ internal sealed class AdapterRegistration(StoreContext context, HeadStore heads,
         var adapterFiles = await LocalFiles.ListAsync(local.AdapterDirectory, cancellationToken).ConfigureAwait(false);
         var cacheFiles = await LocalFiles.ListAsync(local.CacheDirectory, cancellationToken).ConfigureAwait(false);
         var modelFiles = local.ModelDirectory is null ? null : await LocalFiles.ListAsync(local.ModelDirectory, cancellationToken).ConfigureAwait(false);
-        var trainingFiles = local.TrainingDirectory is null ? null : await LocalFiles.ListAsync(local.TrainingDirectory, cancellationToken).ConfigureAwait(false);
+        var trainingFile = local.TrainingFile is null ? null : await LocalFiles.OneAsync(local.TrainingFile, cancellationToken).ConfigureAwait(false);
         if (modelFiles is not null)
             LocalFiles.Require(modelFiles, ModelConfigFileName, local.ModelDirectory!);
         var weights = LocalFiles.Require(adapterFiles, StoredFileNames.AdapterWeights, local.AdapterDirectory);
@@ -46,7 +47,7 @@ internal sealed class AdapterRegistration(StoreContext context, HeadStore heads,
         string fingerprint = LocalFiles.Fingerprint(adapterFiles.Select(f => ("version/" + f.RelativePath, f.Sha256))
             .Concat(cacheFiles.Select(f => ("cache/" + f.RelativePath, f.Sha256)))
             .Concat((modelFiles ?? []).Select(f => ("model/" + f.RelativePath, f.Sha256)))
-            .Concat((trainingFiles ?? []).Select(f => ("training/" + f.RelativePath, f.Sha256))));
+            .Concat(trainingFile is null ? [] : [("training/" + trainingFile.Sha256, trainingFile.Sha256)]));
         var claim = await claims.AcquireAsync(adapterId, 0, fingerprint, cancellationToken).ConfigureAwait(false);
         bool done = false;
         try
@@ -54,8 +55,10 @@ internal sealed class AdapterRegistration(StoreContext context, HeadStore heads,
             await UploadAllAsync(adapterId, BlobLayout.Cache(adapterId), cacheFiles.Where(f => f != cacheIndex).Append(cacheIndex), "a cache file", cancellationToken).ConfigureAwait(false);
             if (modelFiles is not null)
                 await UploadAllAsync(adapterId, BlobLayout.Model(adapterId), modelFiles, "a model file", cancellationToken).ConfigureAwait(false);
-            if (trainingFiles is not null)
-                await UploadAllAsync(adapterId, BlobLayout.Training(adapterId), trainingFiles, "a training file", cancellationToken).ConfigureAwait(false);
+            ManifestFile? trainingDigest = null;
+            if (trainingFile is not null)
+                trainingDigest = await training.RegisterAsync(adapterId, trainingFile,
+                    e => VersionClaims.Conflict(adapterId, 0, "the training texts changed during registration", e), cancellationToken).ConfigureAwait(false);
             string versionPrefix = BlobLayout.Version(adapterId, 0);
             await UploadAllAsync(adapterId, versionPrefix, adapterFiles, "a version-0 file", cancellationToken).ConfigureAwait(false);
 
@@ -70,7 +73,7 @@ internal sealed class AdapterRegistration(StoreContext context, HeadStore heads,
                 Files = LocalFiles.Digests(adapterFiles),
                 CacheFiles = LocalFiles.Digests(cacheFiles),
                 ModelFiles = modelFiles is null ? null : LocalFiles.Digests(modelFiles),
-                TrainingFiles = trainingFiles is null ? null : LocalFiles.Digests(trainingFiles),
+                TrainingFiles = trainingDigest is null ? null : new Dictionary<string, ManifestFile> { [trainingFile!.RelativePath] = trainingDigest },
             };
             await claims.EnsureHeldAsync(claim, cancellationToken).ConfigureAwait(false);
             // The base manifest is not visible before the head exists: a leftover one is replaced.

@@ -84,6 +84,52 @@ public sealed class TextReplacementWorkerTests(TinyLlamaWorld world, ITestOutput
     private static string[] SampleIds(IEnumerable<TextReplacement> texts) => texts.Select(t => t.Id).ToArray();
 
     [Fact]
+    public async Task A_removed_samples_training_text_is_deleted_from_the_store_when_its_removal_is_published()
+    {
+        string settings = CliHarness.WriteSettings(_temp.Path, new JsonObject { ["Storage"] = new JsonObject { ["Kind"] = "FileSystem", ["Root"] = StoreRoot } });
+        // The texts must be exactly the cache's samples: one missing is refused before anything is stored.
+        string partial = _temp.Sub("partial") + "/train.jsonl";
+        File.WriteAllLines(partial, File.ReadAllLines(world.DataFile).Skip(1));
+        var refused = CliHarness.Run("adapters", "register", "--id", AdapterId, "--adapter", world.AdapterDir, "--cache", world.CacheDir,
+            "--model", world.ModelDir, "--training-data", partial, "--config", settings);
+        Assert.Equal(1, refused.Exit);
+        Assert.Contains("must hold exactly the gradient cache's samples (12): missing 's00'", refused.FailureLine);
+        Assert.False(await TestStore().IsRegisteredAsync(AdapterId));
+
+        var registered = CliHarness.Run("adapters", "register", "--id", AdapterId, "--adapter", world.AdapterDir, "--cache", world.CacheDir,
+            "--model", world.ModelDir, "--training-data", world.DataFile, "--config", settings, "--json");
+        Assert.True(registered.Exit == 0, registered.ToString());
+        Assert.Equal(12, (int)JsonNode.Parse(registered.Out)!["trainingSamples"]!);
+        var baseManifest = (await TestStore().ReadManifestAsync(AdapterId, 0))!;
+        Assert.Equal(WorkerTestBed.Sha256OfFile(world.DataFile), Assert.Single(baseManifest.TrainingFiles!).Value.Sha256);
+
+        await using var app = await StartHostAsync();
+        var harness = app.Services.GetRequiredService<ITestHarness>();
+        await harness.Bus.Publish(new UnlearningRequested("erase-s03", AdapterId, UnlearningTasks.Remove, ["s03", "s07"]));
+        var completed = await CompletedAsync(harness, "erase-s03");
+
+        // The version records the purge; the stored texts no longer hold those samples, and nothing else changed.
+        var manifest = (await TestStore().ReadManifestAsync(AdapterId, completed.Version))!;
+        Assert.Equal(["s03", "s07"], manifest.Purged!.SampleIds);
+        string downloaded = _temp.Sub("texts") + "/train.jsonl";
+        Assert.True(await TestStore().DownloadTrainingTextsAsync(AdapterId, downloaded));
+        Assert.Equal(manifest.Purged.TrainingSha256, WorkerTestBed.Sha256OfFile(downloaded));
+        var expected = File.ReadAllLines(world.DataFile).Where(l => !l.Contains("\"s03\"") && !l.Contains("\"s07\"")).ToList();
+        Assert.Equal(expected, File.ReadAllLines(downloaded));
+        // No copy of the old file is left anywhere under the adapter's training texts.
+        var left = Directory.GetFiles(Path.Combine(StoreRoot, BlobLayout.Training(AdapterId)));
+        Assert.Equal(2, left.Length); // the index and the current file
+        Assert.All(left, f => Assert.DoesNotContain("\"s03\"", File.ReadAllText(f)));
+
+        // Removing the same sample again is a no-op for the texts, and the manifest still says they are gone.
+        await harness.Bus.Publish(new UnlearningRequested("erase-s03-again", AdapterId, UnlearningTasks.Remove, ["s03"]));
+        var again = await CompletedAsync(harness, "erase-s03-again");
+        var second = (await TestStore().ReadManifestAsync(AdapterId, again.Version))!;
+        Assert.Equal(["s03"], second.Purged!.SampleIds);
+        Assert.Equal(manifest.Purged.TrainingSha256, second.Purged.TrainingSha256);
+    }
+
+    [Fact]
     public async Task Text_correction_equals_eraser_unlearn_with_the_set_cache_build_writes_and_is_replayed_after_a_restart()
     {
         // Register through the CLI, as an operator does.
