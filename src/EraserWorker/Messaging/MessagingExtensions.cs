@@ -19,6 +19,9 @@ public static class MessagingExtensions
         services.AddMassTransit(x =>
         {
             x.AddConsumer<UnlearningRequestedConsumer, UnlearningRequestedConsumerDefinition>();
+            // MassTransit 8.4+ reports usage telemetry to an outside host by default. A service that handles erasure
+            // requests sends nothing anywhere but its own broker and store, so it is off (spec §5).
+            x.ConfigureUsageTelemetryOptions(o => o.Enabled = false);
             extra?.Invoke(x);
             var transport = configuration.GetSection(TransportOptions.SectionName).Get<TransportOptions>() ?? new TransportOptions();
             if (transport.Kind == TransportKind.RabbitMq)

@@ -84,6 +84,15 @@ public sealed class SecurityTests(ITestOutputHelper output) : IDisposable
         Assert.Contains("Eraser:Storage:ServiceUri uses plain HTTP", error.Message);
     }
 
+    [Theory]
+    [InlineData("InMemory")]
+    [InlineData("RabbitMq")]
+    public void The_worker_never_reports_usage_telemetry_to_MassTransit_s_servers(string transport)
+    {
+        using var app = BuildInProcess(new Dictionary<string, string?> { ["Eraser:Transport:Kind"] = transport });
+        Assert.False(app.Services.GetRequiredService<IOptions<MassTransit.UsageTelemetryOptions>>().Value.Enabled);
+    }
+
     [Fact]
     public void A_SAS_put_into_blob_urls_by_the_Azure_SDK_is_dropped_from_the_worker_s_urls()
     {
