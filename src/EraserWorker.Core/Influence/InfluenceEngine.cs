@@ -147,7 +147,17 @@ public sealed class InfluenceEngine : IDisposable
         }
     }
 
-    private SolverKind Choose(SolverKind requested, EditedProblem problem)
+    /// <summary>The warm rows, the serialising gate and the options, for solvers of the edited objective that run
+    /// several systems over the same rows (<see cref="Iterated.IteratedUnlearning"/>).</summary>
+    internal CurvatureRows Rows => _rows;
+
+    internal Lock Gate => _gate;
+
+    internal ComputeOptions Options => _options;
+
+    internal void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    internal SolverKind Choose(SolverKind requested, EditedProblem problem)
     {
         if (requested != SolverKind.Auto)
             return requested;
@@ -207,7 +217,7 @@ public sealed class InfluenceEngine : IDisposable
     }
 
     /// <summary>SPEC §1: 0 when l2 &gt; 0, else 0.1 × the mean eigenvalue of the edited data term, Σᵢ‖cᵢ‖²/P.</summary>
-    private double DefaultDamping(double[] keep, Tensor? replacements, IProgress<EngineProgress>? progress, CancellationToken cancellation)
+    internal double DefaultDamping(double[] keep, Tensor? replacements, IProgress<EngineProgress>? progress, CancellationToken cancellation)
     {
         if (Cache.L2 > 0)
             return 0;
@@ -223,11 +233,11 @@ public sealed class InfluenceEngine : IDisposable
         return 0.1 * trace / Cache.ParameterCount;
     }
 
-    private RowsReport RowsReport(int passes, long bytesRead) => new(
+    internal RowsReport RowsReport(int passes, long bytesRead) => new(
         _rows.Plan.Residency == RowResidency.Resident ? "resident" : "streamed", _rows.Plan.HoldDType, _rows.Plan.Reason,
         passes, bytesRead, _rows.BytesHeld, _rows.Memory.Peak, _rows.Plan.BudgetBytes, _rows.GramStatus);
 
-    private int RowOf(string sampleId) =>
+    internal int RowOf(string sampleId) =>
         Cache.TryGetRow(sampleId, out int row)
             ? row
             : throw new UnlearningException(FailureCodes.UnknownSample, $"Sample '{sampleId}' is not in the gradient cache.");

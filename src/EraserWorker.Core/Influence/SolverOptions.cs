@@ -148,7 +148,12 @@ public sealed record RowsReport(string Residency, string DType, string Reason, i
 /// <summary>Sizes of the edited problem.</summary>
 public sealed record EditSummary(int Removed, int Replaced, int Active, long Parameters);
 
-public sealed record UnlearningUpdate(double[] Theta, SolverReport Report, double UpdateNorm, EditSummary Edits);
+public sealed record UnlearningUpdate(double[] Theta, SolverReport Report, double UpdateNorm, EditSummary Edits)
+{
+    /// <summary>How the update was computed — one step or iterated — and the course of the iteration; null when
+    /// <see cref="InfluenceEngine.Compute"/> was called directly (one step, nothing more to report).</summary>
+    public Iterated.UpdateReport? Update { get; init; }
+}
 
 /// <summary>Progress of a long step. <paramref name="Done"/> of <paramref name="Total"/> units of work: rows, columns, or
 /// — for the iterative stages — iterations of the cap, with the current true or recursive relative residual.</summary>
