@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using EraserWorker.Contracts;
+using EraserWorker.Core.Compute;
 using EraserWorker.Core.Formats.GradientCaches;
 using EraserWorker.Core.Influence.Solvers;
 using TorchSharp;
@@ -179,8 +180,8 @@ public static class IteratedUnlearning
                     }
                     // The Gauss–Newton model's decrease (μ only shapes the step, not the model of F).
                     double predicted = -(gradient.dot(s).item<double>() + 0.5 * (s.dot(hs).item<double>() + curvatureTerm));
-                    var trialD = d + s;
-                    var trialHd = hd + hs;
+                    var trialD = d.Plus(s);
+                    var trialHd = hd.Plus(hs);
                     var trialTheta = Theta(theta0, trialD);
                     double trialLoss = loss is null ? 0 : loss.Value(trialTheta);
                     double trialF = -bTensor.dot(trialD).item<double>() + 0.5 * trialD.dot(trialHd).item<double>() + (trialLoss - loss0);
@@ -280,7 +281,7 @@ public static class IteratedUnlearning
 
         /// <summary>∇F(θ) = −b + (H_A + λI)d + Σ_M ∇ℓ'ᵢ(θ).</summary>
         private Tensor Gradient(Tensor b, Tensor hd, EditedSampleEvaluation at) =>
-            hd - b + torch.tensor(at.Gradient, device: _rows.Device);
+            (hd - b).Plus(torch.tensor(at.Gradient, device: _rows.Device));
 
         private (Tensor Step, SolverReport Report) Solve(EditedProblem problem, double tolerance)
         {
