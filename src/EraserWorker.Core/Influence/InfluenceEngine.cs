@@ -217,10 +217,12 @@ public sealed class InfluenceEngine : IDisposable
     }
 
     /// <summary>SPEC §1: 0 when l2 &gt; 0, else 0.1 × the mean eigenvalue of the edited data term, Σᵢ‖cᵢ‖²/P.</summary>
-    internal double DefaultDamping(double[] keep, Tensor? replacements, IProgress<EngineProgress>? progress, CancellationToken cancellation)
+    internal double DefaultDamping(double[] keep, Tensor? replacements, IProgress<EngineProgress>? progress, CancellationToken cancellation) =>
+        Cache.L2 > 0 ? 0 : 0.1 * EditedCurvatureTrace(keep, replacements, progress, cancellation) / Cache.ParameterCount;
+
+    /// <summary>The trace of the edited data term: Σᵢ keepᵢ‖cᵢ‖² over the cache's rows plus ‖replacements‖²_F.</summary>
+    internal double EditedCurvatureTrace(double[] keep, Tensor? replacements, IProgress<EngineProgress>? progress, CancellationToken cancellation)
     {
-        if (Cache.L2 > 0)
-            return 0;
         var squares = _rows.RowSquares(progress, cancellation);
         double trace = 0;
         for (int i = 0; i < keep.Length; i++)
@@ -230,7 +232,7 @@ public sealed class InfluenceEngine : IDisposable
             var rep = replacements.to(ScalarType.Float64);
             trace += (rep * rep).sum().item<double>();
         }
-        return 0.1 * trace / Cache.ParameterCount;
+        return trace;
     }
 
     internal RowsReport RowsReport(int passes, long bytesRead) => new(

@@ -295,19 +295,8 @@ public static class IteratedUnlearning
             return (outcome.X, report);
         }
 
-        private double MeanEigenvalue(double[] keep, Tensor? curvature)
-        {
-            var squares = _rows.RowSquares(progress, cancellation);
-            double trace = 0;
-            for (int i = 0; i < keep.Length; i++)
-                trace += squares[i] * keep[i];
-            if (curvature is not null)
-            {
-                var c = curvature.to(ScalarType.Float64);
-                trace += (c * c).sum().item<double>();
-            }
-            return trace / _p;
-        }
+        private double MeanEigenvalue(double[] keep, Tensor? curvature) =>
+            engine.EditedCurvatureTrace(keep, curvature, progress, cancellation) / _p;
 
         private static double[] Theta(double[] theta0, Tensor d)
         {
